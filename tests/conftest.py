@@ -1,0 +1,53 @@
+"""Loads the repo root as a package under a fixed alias, with ComfyUI's real modules or the stand-in."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+PACKAGE = "lmstudio_pack"  # the checkout folder may be named anything, hyphens included
+
+if os.environ.get("COMFYUI_PATH"):
+    sys.path.insert(0, os.environ["COMFYUI_PATH"])
+try:
+    import comfy_api.latest  # noqa: F401
+except ImportError:
+    sys.path.append(str(TESTS / "comfy_stub"))
+sys.path.insert(0, str(TESTS))
+
+if PACKAGE not in sys.modules:
+    spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = module
+    spec.loader.exec_module(module)
+
+
+@pytest.fixture
+def fake():
+    from fake_lmstudio import FakeLMStudio
+
+    return FakeLMStudio()
+
+
+@pytest.fixture
+async def lmstudio(fake, aiohttp_server):
+    """A running fake LM Studio; `fake.url` is its base URL."""
+    server = await aiohttp_server(fake.app())
+    fake.url = f"http://127.0.0.1:{server.port}"
+    return fake
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A local port with nothing listening on it (connection refused)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

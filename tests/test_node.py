@@ -1,0 +1,264 @@
+"""The node through the stand-in of comfy_api: events, outputs, coalescing, interrupt, errors, lazy image."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import comfy.model_management as model_management
+import comfy.utils as comfy_utils
+import pytest
+import torch
+from server import PromptServer
+
+import lmstudio_pack
+from fake_lmstudio import MODEL, openai_script, rest_script
+from lmstudio_pack.node import STREAM_EVENT, LMStudioStreamChat
+
+NODE_ID = "7"
+CLIENT_ID = "browser-tab-1"
+DELTA_TYPES = ("text", "reasoning")
+
+
+@pytest.fixture
+def comfy():
+    """A fresh PromptServer recording, the interrupt flag down, and main.py's progress hook (which checks it)."""
+    server = PromptServer.instance
+    server.messages.clear()
+    server.client_id = CLIENT_ID
+    model_management.interrupt_current_processing(False)
+    progress: list[tuple[int, int, str]] = []
+
+    def hook(value, total, preview, node_id=None):  # main.py:284-313
+        progress.append((value, total, node_id))
+        model_management.throw_exception_if_processing_interrupted()
+
+    comfy_utils.set_progress_bar_global_hook(hook)
+    yield progress
+    comfy_utils.set_progress_bar_global_hook(None)
+    model_management.interrupt_current_processing(False)
+
+
+def node(prompt_graph: dict | None = None):
+    """The per-execution clone ComfyUI makes, with the hidden inputs filled in."""
+    graph = prompt_graph or {NODE_ID: {"class_type": "LMStudioStreamChat", "inputs": {"prompt": "Describe"}}}
+    return LMStudioStreamChat.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": NODE_ID, "PROMPT": graph}})
+
+
+def inputs(url: str, mode: str = "REST API", **extra) -> dict:
+    base = dict(prompt="Describe", model_id=MODEL, connection_mode=mode, server_url=url, temperature=0.7,
+                max_tokens=-1, debug_mode=False)
+    return base | extra
+
+
+async def run(url: str, mode: str = "REST API", **extra):
+    return await node().execute(**inputs(url, mode, **extra))
+
+
+def events() -> list[tuple[str, str]]:
+    messages = PromptServer.instance.messages
+    for _, event, data, sid in messages:
+        assert event == STREAM_EVENT and sid == CLIENT_ID
+        assert set(data) == {"node_id", "chunk_type", "content"} and data["node_id"] == NODE_ID
+    return [(data["chunk_type"], data["content"]) for _, _, data, _ in messages]
+
+
+def joined(chunk_type: str) -> str:
+    return "".join(content for kind, content in events() if kind == chunk_type)
+
+
+# ------------------------------------------------------------------------------------------ registration
+
+
+async def test_extension_lists_the_node_and_exports_no_v1_mappings():
+    extension = await lmstudio_pack.comfy_entrypoint()
+    assert await extension.get_node_list() == [LMStudioStreamChat]
+    assert lmstudio_pack.WEB_DIRECTORY == "./web"
+    assert not hasattr(lmstudio_pack, "NODE_CLASS_MAPPINGS")
+
+
+def test_schema_contract():
+    schema = LMStudioStreamChat.GET_SCHEMA()
+    assert (schema.node_id, schema.display_name, schema.category) == ("LMStudioStreamChat", "LM Studio Chat",
+                                                                      "LM Studio")
+    required = [i.id for i in schema.inputs if not i.optional]
+    assert required == ["prompt", "model_id", "connection_mode", "server_url", "temperature", "max_tokens",
+                        "debug_mode"]
+    by_id = {i.id: i for i in schema.inputs}
+    assert by_id["image"].optional and by_id["image"].lazy and by_id["image"].io_type == "IMAGE"
+    assert by_id["connection_mode"].options == ["SDK", "REST API", "OpenAI-compatible"]
+    assert by_id["connection_mode"].default == "SDK"
+    assert by_id["server_url"].default == "http://127.0.0.1:1234"
+    assert (by_id["temperature"].min, by_id["temperature"].max, by_id["temperature"].default) == (0.0, 2.0, 0.7)
+    assert (by_id["max_tokens"].default, by_id["max_tokens"].min) == (-1, -1)
+    assert by_id["prompt"].multiline
+    for extra in schema.inputs[len(required):]:
+        assert extra.optional and (extra.io_type == "IMAGE" or extra.default is not None), extra.id
+    for item in schema.inputs:
+        assert item.tooltip, item.id
+    assert [o.id for o in schema.outputs] == ["response_text", "reasoning_text", "statistics"]
+    assert all(o.io_type == "STRING" for o in schema.outputs)
+    hidden = {h.value for h in schema.hidden}
+    assert {"UNIQUE_ID", "PROMPT"} <= hidden
+
+
+# ------------------------------------------------------------------------------------------ streaming
+
+
+@pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible"])
+async def test_event_order_and_outputs_equal_the_deltas(lmstudio, comfy, mode):
+    lmstudio.rest_events = rest_script(["Let", " me", " see."], ["A ", "red ", "square."], load=True)
+    lmstudio.openai_chunks = openai_script(["A ", "red ", "square."], reasoning=["Let", " me", " see."])
+    lmstudio.event_delay = 0.02
+    output = await run(lmstudio.url, mode)
+    text, reasoning, stats = output.args
+    assert (text, reasoning) == ("A red square.", "Let me see.")
+    assert joined("text") == text and joined("reasoning") == reasoning
+    kinds = [kind for kind, _ in events()]
+    assert kinds[0] == "clear" and kinds[-2:] == ["stats", "done"]
+    assert kinds.index("reasoning") < kinds.index("text")
+    assert max(i for i, k in enumerate(kinds) if k == "reasoning") < min(i for i, k in enumerate(kinds) if k == "text")
+    assert events()[-2] == ("stats", stats)
+    assert f"mode: {mode}" in stats and f"model: {MODEL}" in stats
+    assert output.ui == {"lmstudio": [{"text": text, "reasoning": reasoning, "stats": stats}]}
+
+
+async def test_rest_statistics_string(lmstudio, comfy):
+    _, _, stats = (await run(lmstudio.url)).args
+    assert stats == ("tokens/s: 51.0 | TTFT: 0.81 s | input tokens: 17 | output tokens: 50 (reasoning 12) | "
+                     f"mode: REST API | model: {MODEL}")
+
+
+async def test_progress_drives_the_bar_and_status(lmstudio, comfy):
+    lmstudio.rest_events = rest_script(load=True)
+    lmstudio.event_delay = 0.05  # slower than a tick, so each step is its own flush
+    await run(lmstudio.url)
+    values = [value for value, total, node_id in comfy]
+    assert {25, 50, 75, 100} <= set(values)
+    assert all(total == 100 and node_id == NODE_ID for _, total, node_id in comfy)
+    statuses = [content for kind, content in events() if kind == "status"]
+    assert "Loading model 50%" in statuses and "Processing prompt 50%" in statuses
+
+
+async def test_coalescing_bounds_the_message_rate(lmstudio, comfy):
+    tokens = [f"t{i} " for i in range(1500)]
+    lmstudio.rest_events = rest_script(tokens[:500], tokens[500:])
+    lmstudio.event_delay = 0.0005  # ~1,500 tokens a second, far above what the page should get
+    started = time.monotonic()
+    text, reasoning, _ = (await run(lmstudio.url)).args
+    elapsed = time.monotonic() - started
+    deltas = [kind for kind, _ in events() if kind in DELTA_TYPES]
+    assert text == "".join(tokens[500:]) and reasoning == "".join(tokens[:500])
+    assert joined("text") == text and joined("reasoning") == reasoning
+    assert elapsed > 0.5
+    assert len(deltas) <= 30 * elapsed + 3, (len(deltas), elapsed)
+    # and every one-second window holds about 30 at most
+    times = [t for t, _, data, _ in PromptServer.instance.messages if data["chunk_type"] in DELTA_TYPES]
+    assert max(sum(1 for u in times if t <= u < t + 1) for t in times) <= 33
+
+
+async def test_image_is_sent_and_lazy_input_resolution(lmstudio, comfy):
+    image = torch.rand(2, 64, 96, 3)
+    await run(lmstudio.url, image=image)
+    items = lmstudio.chat_requests()[0].body["input"]
+    assert [item["type"] for item in items] == ["text", "image"]
+    assert items[1]["data_url"].startswith("data:image/jpeg;base64,/9j/")
+    await run(lmstudio.url, image=image, send_all_images=True)
+    assert [item["type"] for item in lmstudio.chat_requests()[1].body["input"]] == ["text", "image", "image"]
+
+
+def test_check_lazy_status_linked_and_unlinked():
+    linked = {NODE_ID: {"class_type": "LMStudioStreamChat", "inputs": {"prompt": "x", "image": ["3", 0]}}}
+    assert node(linked).check_lazy_status(image=None, prompt="x") == ["image"]
+    assert node(linked).check_lazy_status(image=torch.zeros(1, 8, 8, 3), prompt="x") == []
+    # unlinked: the optional input is absent; asking for it would make ComfyUI fail the prompt
+    assert node().check_lazy_status(prompt="x") == []
+
+
+async def test_unlinked_image_runs_text_only(lmstudio, comfy):
+    await run(lmstudio.url)
+    assert lmstudio.chat_requests()[0].body["input"] == "Describe"
+
+
+# ------------------------------------------------------------------------------------------ interrupt
+
+
+@pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible"])
+async def test_cancel_stops_within_a_second_and_closes_the_stream(lmstudio, comfy, mode):
+    lmstudio.event_delay = 0.05
+    lmstudio.rest_events = rest_script([], ["tok "] * 400)
+    lmstudio.openai_chunks = openai_script(["tok "] * 400)
+
+    async def press_cancel():
+        while "text" not in [kind for kind, _ in events()]:
+            await asyncio.sleep(0.01)
+        model_management.interrupt_current_processing(True)  # what POST /interrupt does
+        return time.monotonic()
+
+    canceller = asyncio.create_task(press_cancel())
+    with pytest.raises(model_management.InterruptProcessingException):
+        await run(lmstudio.url, mode)
+    stopped = time.monotonic() - await canceller
+    assert stopped < 1.0
+    await asyncio.wait_for(lmstudio.disconnected.wait(), 1)
+    assert events()[-2:] == [("status", "Cancelled"), ("done", "")]
+    assert not model_management.processing_interrupted()  # the executor's flag is consumed by the raise
+
+
+async def test_cancel_while_waiting_for_the_first_token(lmstudio, comfy):
+    lmstudio.first_delay = 30
+    asyncio.get_running_loop().call_later(0.2, model_management.interrupt_current_processing, True)
+    started = time.monotonic()
+    with pytest.raises(model_management.InterruptProcessingException):
+        await run(lmstudio.url)
+    assert time.monotonic() - started < 1.2
+
+
+# ------------------------------------------------------------------------------------------ errors
+
+
+async def test_connection_failure_default_policy_goes_on(comfy, free_port):
+    url = f"http://127.0.0.1:{free_port}"
+    text, reasoning, stats = (await run(url)).args
+    assert text.startswith(f"Error: LM Studio connection failed. Tried {url}/api/v1/chat")
+    assert "Start Server" in text and reasoning == "" and stats == "error | mode: REST API"
+    kinds = [kind for kind, _ in events()]
+    assert kinds == ["clear", "error", "done"]
+    assert events()[1][1] == text.removeprefix("Error: ")
+
+
+async def test_raise_policy_stops_the_workflow(comfy, free_port):
+    with pytest.raises(RuntimeError, match="LM Studio connection failed"):
+        await run(f"http://127.0.0.1:{free_port}", on_error="raise")
+    assert [kind for kind, _ in events()] == ["clear", "error", "done"]
+
+
+async def test_server_error_keeps_partial_reasoning(lmstudio, comfy):
+    script = rest_script(["thinking"], ["par"])
+    script.insert(-1, ("error", {"type": "error", "error": {"type": "internal_error", "message": "boom"}}))
+    lmstudio.rest_events = script
+    text, reasoning, _ = (await run(lmstudio.url)).args
+    assert text == "Error: LM Studio reported an error: boom" and reasoning == "thinking"
+
+
+async def test_bad_image_is_a_clear_error(lmstudio, comfy):
+    text, _, _ = (await run(lmstudio.url, image=torch.zeros(8, 8, 3))).args
+    assert text.startswith("Error: Expected a ComfyUI IMAGE tensor")
+    assert lmstudio.chat_requests() == []
+
+
+async def test_debug_mode_logs_a_summary_without_image_or_secret(lmstudio, comfy, caplog, monkeypatch):
+    monkeypatch.setenv("LMSTUDIO_API_TOKEN", "sk-lm-secret12:abcdefghijklmnopqrst")
+    caplog.set_level(logging.INFO, logger="lmstudio_stream")
+    await run(lmstudio.url, debug_mode=True, image=torch.rand(1, 32, 32, 3))
+    logged = caplog.text
+    assert "LM Studio request from node 7" in logged and "bytes JPEG" in logged
+    assert "secret12" not in logged and "base64" not in logged and "/9j/" not in logged
+    assert lmstudio.chat_requests()[0].headers["Authorization"] == "Bearer sk-lm-secret12:abcdefghijklmnopqrst"
+
+
+async def test_debug_mode_logs_the_traceback(comfy, free_port, caplog):
+    caplog.set_level(logging.INFO, logger="lmstudio_stream")
+    await run(f"http://127.0.0.1:{free_port}", debug_mode=True)
+    assert "Traceback" in caplog.text
