@@ -15,6 +15,7 @@ import os
 import re
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
@@ -167,6 +168,20 @@ def model_not_found(model: str, detail: str) -> LMStudioError:
     )
 
 
+def no_model_loaded() -> LMStudioError:
+    return LMStudioError(
+        "No model is loaded in LM Studio and model_id is empty. Load a model in LM Studio (or `lms load <model>`), "
+        "or enter a model key in model_id and LM Studio will load it."
+    )
+
+
+def idle_timeout(url: str, received_chars: int) -> LMStudioError:
+    return LMStudioError(
+        f"LM Studio sent nothing for too long while answering {url} ({received_chars} characters received). "
+        "A very large model may still be loading: load it in LM Studio first, then run again."
+    )
+
+
 def stream_dropped(received_chars: int) -> LMStudioError:
     return LMStudioError(
         f"LM Studio closed the connection before the answer was complete ({received_chars} characters received). "
@@ -216,10 +231,7 @@ def _connect_error(exc: BaseException, url: str) -> LMStudioError:
 def _transport_error(exc: BaseException, url: str, received_chars: int) -> LMStudioError:
     """Map a failure after the connection was made (a drop, an idle timeout)."""
     if isinstance(exc, (aiohttp.SocketTimeoutError, TimeoutError)):
-        return LMStudioError(
-            f"LM Studio sent nothing for too long while answering {url} ({received_chars} characters received). "
-            "A very large model may still be loading: load it in LM Studio first, then run again."
-        )
+        return idle_timeout(url, received_chars)
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return stream_dropped(received_chars)
     return LMStudioError(f"LM Studio request to {url} failed: {exc}")
@@ -393,16 +405,20 @@ def _parse_json(data: str) -> dict[str, Any]:
     return value
 
 
-async def _loaded_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
-    """The instance id of the first loaded LLM, for `model_id` left empty."""
-    body = await _get_json(session, f"{base}/api/v1/models", request)
-    for model in body.get("models", []) if isinstance(body, dict) else []:
+def first_loaded_llm(models_body: Any) -> str | None:
+    """The instance id of the first loaded LLM in a `GET /api/v1/models` body."""
+    for model in models_body.get("models", []) if isinstance(models_body, dict) else []:
         if model.get("type") == "llm" and model.get("loaded_instances"):
             return model["loaded_instances"][0]["id"]
-    raise LMStudioError(
-        "No model is loaded in LM Studio and model_id is empty. Load a model in LM Studio (or `lms load <model>`), "
-        "or enter a model key in model_id and LM Studio will load it."
-    )
+    return None
+
+
+async def _loaded_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
+    """The loaded model to use when `model_id` is left empty."""
+    loaded = first_loaded_llm(await _get_json(session, f"{base}/api/v1/models", request))
+    if loaded is None:
+        raise no_model_loaded()
+    return loaded
 
 
 # --------------------------------------------------------------------------------------------------- native REST
@@ -502,14 +518,18 @@ async def _openai_model(session: aiohttp.ClientSession, base: str, request: Chat
     if request.model:
         return request.model
     try:
-        return await _loaded_model(session, base, request)
-    except LMStudioError as native_error:
+        native = await _get_json(session, f"{base}/api/v1/models", request)
+    except LMStudioError:
         # Not LM Studio 0.4+ (or not LM Studio at all): take the first model the OpenAI listing offers.
         body = await _get_json(session, f"{base}/v1/models", request)
         ids = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)] if isinstance(body, dict) else []
-        if not ids or "No model is loaded" in str(native_error):
-            raise native_error
+        if not ids:
+            raise no_model_loaded() from None
         return str(ids[0])
+    loaded = first_loaded_llm(native)
+    if loaded is None:
+        raise no_model_loaded()
+    return loaded
 
 
 async def _stream_openai(
@@ -593,9 +613,18 @@ _HTTP_BACKENDS = {ConnectionMode.REST: _stream_rest, ConnectionMode.OPENAI: _str
 async def stream_chat(request: ChatRequest) -> AsyncIterator[StreamEvent]:
     """Stream one chat turn from LM Studio; raises `LMStudioError` with a human message on any failure."""
     if request.mode is ConnectionMode.SDK:
-        raise LMStudioError(
-            "The SDK connection mode is not available yet: choose 'REST API' or 'OpenAI-compatible' in connection_mode."
-        )
+        # Imported here: the HTTP modes work even where the lmstudio package is missing or broken.
+        try:
+            from .sdk_backend import stream_sdk
+        except ImportError as exc:
+            raise LMStudioError(
+                f"The SDK mode needs the lmstudio package ({exc}). Run `pip install -r requirements.txt` with "
+                "ComfyUI's Python, or choose 'REST API' or 'OpenAI-compatible' in connection_mode."
+            ) from exc
+        async with aclosing(stream_sdk(request)) as events:
+            async for event in events:
+                yield event
+        return
     try:
         base = normalize_server_url(request.server_url)
     except ValueError as exc:
@@ -604,8 +633,8 @@ async def stream_chat(request: ChatRequest) -> AsyncIterator[StreamEvent]:
     timeout = aiohttp.ClientTimeout(total=None, connect=request.connect_timeout, sock_read=request.idle_timeout)
     received = 0
     try:
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            async for event in backend(session, base, request):
+        async with aiohttp.ClientSession(timeout=timeout) as session, aclosing(backend(session, base, request)) as events:
+            async for event in events:
                 if isinstance(event, (TextDelta, ReasoningDelta)):
                     received += len(event.text)
                 yield event

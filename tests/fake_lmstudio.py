@@ -2,7 +2,10 @@
 
 Native REST: `POST /api/v1/chat` streams named SSE events (`event: x` / `data: {...}`), ending in `chat.end`.
 OpenAI-compatible: `POST /v1/chat/completions` streams `data: {...}` chunks up to `data: [DONE]`.
-Formats follow shared/reference/lmstudio-facts.md sections 2 and 3 and LM Studio's streaming-events docs.
+SDK: `GET /lmstudio-greeting` and the websocket namespaces (`/llm`, `/files`, `/system`, ...) with the auth
+handshake, `rpcCall`/`rpcResult` and `channelCreate`/`channelSend`/`channelClose`, as the installed `lmstudio`
+package sends and parses them (`json_api.py`, `async_api.py`, `_ws_impl.py`).
+Formats follow shared/reference/lmstudio-facts.md sections 1 to 3 and LM Studio's streaming-events docs.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 MODEL = "qwen/qwen3-vl-4b"
 
@@ -116,6 +119,8 @@ class FakeLMStudio:
     models: list[dict[str, Any]] = field(default_factory=lambda: [native_model(MODEL, loaded=True)])
     requests: list[Recorded] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    # SDK (websocket) side
+    sdk: "FakeSDK" = field(default_factory=lambda: FakeSDK())
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -123,6 +128,8 @@ class FakeLMStudio:
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_get("/api/v1/models", self._native_models)
         app.router.add_get("/v1/models", self._openai_models)
+        app.router.add_get("/lmstudio-greeting", self.sdk.greeting)
+        app.router.add_get("/{namespace}", self.sdk.websocket)
         return app
 
     def chat_requests(self) -> list[Recorded]:
@@ -198,3 +205,187 @@ def native_model(key: str, *, loaded: bool = False, vision: bool = True, kind: s
         "format": "gguf",
         "capabilities": {"vision": vision, "trained_for_tool_use": True},
     }
+
+
+def sdk_fragment(content: str, reasoning_type: str = "none", tokens: int = 1) -> dict[str, Any]:
+    return {"content": content, "tokensCount": tokens, "containsDrafted": False, "reasoningType": reasoning_type,
+            "isStructural": False}
+
+
+def sdk_script(reasoning: list[str] = ("Let me", " look."), text: list[str] = ("A red", " square.")) -> list[dict]:
+    """Fragments of one `predict` channel: tags and reasoning, then the answer."""
+    fragments = []
+    if reasoning:
+        fragments.append(sdk_fragment("<think>", "reasoningStartTag"))
+        fragments += [sdk_fragment(r, "reasoning") for r in reasoning]
+        fragments.append(sdk_fragment("</think>", "reasoningEndTag"))
+    return fragments + [sdk_fragment(t) for t in text]
+
+
+def sdk_instance_info(key: str, *, vision: bool = True) -> dict[str, Any]:
+    """`LlmInstanceInfo` on the wire (`_sdk_models/__init__.py:6626-6642`)."""
+    return {"type": "llm", "modelKey": key, "format": "gguf", "displayName": key.split("/")[-1],
+            "path": f"{key}/model.gguf", "sizeBytes": 3_000_000_000, "identifier": key,
+            "instanceReference": f"ref-{key}", "vision": vision, "trainedForToolUse": False,
+            "maxContextLength": 32768, "contextLength": 8192}
+
+
+def sdk_error(title: str, code: str | None = None) -> dict[str, Any]:
+    """A `SerializedLMSExtendedError`."""
+    error: dict[str, Any] = {"title": title, "stack": "Error: ..."}
+    if code:
+        error["displayData"] = {"code": code}
+    return error
+
+
+@dataclass
+class FakeSDK:
+    """The websocket API the `lmstudio` SDK speaks, with scriptable faults."""
+
+    loaded: list[str] = field(default_factory=lambda: [MODEL])
+    downloaded: list[str] = field(default_factory=lambda: [MODEL, "google/gemma-3-4b"])
+    fragments: list[dict[str, Any]] = field(default_factory=sdk_script)
+    prompt_progress: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
+    fragment_delay: float = 0.0
+    load_steps: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
+    load_delay: float = 0.0
+    stats: dict[str, Any] = field(default_factory=lambda: {
+        "stopReason": "eosFound", "tokensPerSecond": 42.5, "timeToFirstTokenSec": 0.31, "promptTokensCount": 21,
+        "predictedTokensCount": 6, "totalTokensCount": 27, "numGpuLayers": 0, "totalTimeSec": 0.5})
+    predict_error: dict[str, Any] | None = None  # channelError on `predict` after the fragments
+    drop_after_fragments: int | None = None  # close the websocket mid-stream
+    refuse_websocket: bool = False  # answer the upgrade with HTTP 403
+    required_token: str | None = None  # "sk-lm-xxxxxxxx:yyyy..." the server insists on
+    received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (namespace, message)
+    auth: list[dict[str, Any]] = field(default_factory=list)
+    open_sockets: int = 0
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def greeting(self, request: web.Request) -> web.Response:
+        return web.json_response({"lmstudio": True})
+
+    def sent(self, kind: str, endpoint: str | None = None) -> list[dict[str, Any]]:
+        return [m for _, m in self.received if m.get("type") == kind and (endpoint is None or
+                                                                        m.get("endpoint") == endpoint)]
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        namespace = request.match_info["namespace"]
+        if self.refuse_websocket:
+            return web.Response(status=403, text="Forbidden")
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.open_sockets += 1
+        channels: dict[int, asyncio.Event] = {}
+        tasks: set[asyncio.Task] = set()
+        try:
+            auth = await ws.receive_json()
+            self.auth.append(auth)
+            if self.required_token:
+                ident, _, key = self.required_token.partition(":")
+                if (auth.get("clientIdentifier"), auth.get("clientPasskey")) != (ident, key):
+                    await ws.send_json({"success": False, "error": "Invalid passkey for client identifier"})
+                    await ws.close()
+                    return ws
+            await ws.send_json({"success": True})
+            async for raw in ws:
+                if raw.type != WSMsgType.TEXT:
+                    break
+                message = json.loads(raw.data)
+                self.received.append((namespace, message))
+                kind = message.get("type")
+                if kind == "rpcCall":
+                    await ws.send_json(self._rpc(message))
+                elif kind == "channelCreate":
+                    cancel = channels[message["channelId"]] = asyncio.Event()
+                    task = asyncio.create_task(self._channel(ws, message, cancel))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                elif kind == "channelSend" and message["message"].get("type") == "cancel":
+                    self.cancelled.set()
+                    channels[message["channelId"]].set()
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.open_sockets -= 1
+        return ws
+
+    def _rpc(self, message: dict[str, Any]) -> dict[str, Any]:
+        call, endpoint, param = message["callId"], message["endpoint"], message.get("parameter") or {}
+        if endpoint == "listLoaded":
+            result: Any = [sdk_instance_info(key) for key in self.loaded]
+        elif endpoint == "listDownloadedModels":
+            result = [{k: v for k, v in sdk_instance_info(key).items() if k not in ("identifier", "instanceReference",
+                                                                                   "contextLength")}
+                      for key in self.downloaded]
+        elif endpoint == "uploadFileBase64":
+            size = len(param.get("contentBase64", "")) * 3 // 4
+            result = {"identifier": f"file-{len(self.sent('rpcCall', 'uploadFileBase64'))}", "fileType": "image",
+                      "sizeBytes": size}
+        elif endpoint == "getModelInfo":
+            result = sdk_instance_info(self.loaded[0])
+        elif endpoint == "unloadModel":
+            return {"type": "rpcResult", "callId": call}
+        else:
+            return {"type": "rpcError", "callId": call, "error": sdk_error(f"Unknown endpoint {endpoint}")}
+        return {"type": "rpcResult", "callId": call, "result": result}
+
+    async def _channel(self, ws: web.WebSocketResponse, message: dict[str, Any], cancel: asyncio.Event) -> None:
+        channel = message["channelId"]
+
+        async def send(payload: dict[str, Any]) -> None:
+            await ws.send_json({"type": "channelSend", "channelId": channel, "message": payload})
+
+        endpoint, params = message["endpoint"], message.get("creationParameter") or {}
+        if endpoint == "getOrLoad":
+            key = params.get("identifier")
+            if key in self.loaded:
+                await send({"type": "alreadyLoaded", "info": sdk_instance_info(key)})
+            elif key in self.downloaded:
+                await send({"type": "startLoading", "identifier": key, "fullPath": f"{key}/model.gguf"})
+                for step in self.load_steps:
+                    await asyncio.sleep(self.load_delay)
+                    await send({"type": "loadProgress", "progress": step})
+                self.loaded.append(key)
+                await send({"type": "loadSuccess", "info": sdk_instance_info(key)})
+            else:
+                await ws.send_json({"type": "channelError", "channelId": channel,
+                                    "error": sdk_error(f"Cannot find a model with path \"{key}\"",
+                                                       "generic.pathNotFound")})
+                return
+        elif endpoint == "predict":
+            await self._predict(ws, channel, params, send, cancel)
+            if ws.closed:
+                return
+        await ws.send_json({"type": "channelClose", "channelId": channel})
+
+    async def _predict(self, ws, channel: int, params: dict[str, Any], send, cancel: asyncio.Event) -> None:
+        spec = params.get("modelSpecifier") or {}
+        wanted = spec.get("query", {}).get("identifier") if spec.get("type") == "query" else spec.get(
+            "instanceReference", "").removeprefix("ref-")
+        if wanted not in self.loaded:
+            await ws.send_json({"type": "channelError", "channelId": channel,
+                                "error": sdk_error("No model found that fits the query.",
+                                                   "generic.noModelMatchingQuery")})
+            return
+        for progress in self.prompt_progress:
+            await send({"type": "promptProcessingProgress", "progress": progress, "details": {}})
+        stop = "eosFound"
+        for index, fragment in enumerate(self.fragments):
+            if self.drop_after_fragments is not None and index >= self.drop_after_fragments:
+                await ws.close()
+                return
+            if cancel.is_set():
+                stop = "userStopped"
+                break
+            await send({"type": "fragment", "fragment": fragment})
+            if self.fragment_delay:
+                try:
+                    await asyncio.wait_for(cancel.wait(), self.fragment_delay)
+                except asyncio.TimeoutError:
+                    pass
+        if self.predict_error:
+            await ws.send_json({"type": "channelError", "channelId": channel, "error": self.predict_error})
+            return
+        await send({"type": "success", "stats": {**self.stats, "stopReason": stop},
+                    "modelInfo": sdk_instance_info(self.loaded[0]),
+                    "loadModelConfig": {"fields": []}, "predictionConfig": {"fields": []}})

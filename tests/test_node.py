@@ -262,3 +262,50 @@ async def test_debug_mode_logs_the_traceback(comfy, free_port, caplog):
     caplog.set_level(logging.INFO, logger="lmstudio_stream")
     await run(f"http://127.0.0.1:{free_port}", debug_mode=True)
     assert "Traceback" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------ SDK mode
+
+
+async def test_same_workflow_same_outputs_in_all_three_modes(lmstudio, comfy):
+    from fake_lmstudio import sdk_script
+
+    reasoning, answer = ["Two", " shapes."], ["A red ", "square ", "and a circle."]
+    lmstudio.rest_events = rest_script(reasoning, answer)
+    lmstudio.openai_chunks = openai_script(answer, reasoning=reasoning)
+    lmstudio.sdk.fragments = sdk_script(reasoning, answer)
+    outputs = {}
+    for mode in ("SDK", "REST API", "OpenAI-compatible"):
+        PromptServer.instance.messages.clear()
+        text, thought, stats = (await run(lmstudio.url, mode, image=torch.rand(1, 32, 32, 3))).args
+        assert joined("text") == text and joined("reasoning") == thought
+        assert stats.endswith(f"mode: {mode} | model: {MODEL}")
+        outputs[mode] = (text, thought)
+    assert len(set(outputs.values())) == 1, outputs
+    assert lmstudio.sdk.sent("rpcCall", "uploadFileBase64")  # the image went through the SDK too
+
+
+async def test_sdk_cancel_stops_lm_studio_within_a_second(lmstudio, comfy):
+    from fake_lmstudio import sdk_fragment
+
+    lmstudio.sdk.fragments = [sdk_fragment(f"tok{i} ") for i in range(400)]
+    lmstudio.sdk.fragment_delay = 0.05
+
+    async def press_cancel():
+        while "text" not in [kind for kind, _ in events()]:
+            await asyncio.sleep(0.01)
+        model_management.interrupt_current_processing(True)
+        return time.monotonic()
+
+    canceller = asyncio.create_task(press_cancel())
+    with pytest.raises(model_management.InterruptProcessingException):
+        await run(lmstudio.url, "SDK")
+    assert time.monotonic() - await canceller < 1.0
+    assert lmstudio.sdk.cancelled.is_set()  # LM Studio was told to stop, not just disconnected from
+    assert events()[-2:] == [("status", "Cancelled"), ("done", "")]
+
+
+async def test_sdk_connection_failure_text(comfy, free_port):
+    text, _, stats = (await run(f"http://127.0.0.1:{free_port}", "SDK")).args
+    assert text.startswith(f"Error: LM Studio connection failed. Tried http://127.0.0.1:{free_port}")
+    assert stats == "error | mode: SDK"
