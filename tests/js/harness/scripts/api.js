@@ -1,0 +1,8 @@
+// Stand-in for the frontend's `api`: an EventTarget that re-dispatches websocket messages of custom types as
+// CustomEvents whose `detail` is the message data (comfyui-facts.md section 6).
+class Api extends EventTarget {
+  receive(type, data) {
+    this.dispatchEvent(new CustomEvent(type, { detail: data }));
+  }
+}
+export const api = new Api();

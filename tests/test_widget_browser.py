@@ -1,0 +1,211 @@
+"""The DOM widget in headless Chromium on a harness page with stand-ins for the frontend's `app` and `api`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from browser import Chromium, chromium_path
+
+ROOT = Path(__file__).resolve().parent.parent
+HARNESS = Path(__file__).resolve().parent / "js" / "harness"
+
+if chromium_path() is None:
+    if os.environ.get("CI"):
+        raise RuntimeError("CI must have Chromium (apt-get install chromium): the widget tests need it")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def harness_app() -> web.Application:
+    """Serves the harness like ComfyUI serves a pack: WEB_DIRECTORY under /extensions/<folder>/."""
+    async def harness(_: web.Request) -> web.FileResponse:
+        return web.FileResponse(HARNESS / "harness.html")
+
+    app = web.Application()
+    app.router.add_get("/harness.html", harness)
+    app.router.add_static("/scripts/", HARNESS / "scripts")
+    app.router.add_static("/extensions/lmstudio-stream-chat/", ROOT / "web")
+    return app
+
+
+@pytest.fixture
+async def page(aiohttp_server):
+    server = await aiohttp_server(harness_app())
+    browser = Chromium()
+    await browser.start()
+    await browser.goto(f"http://127.0.0.1:{server.port}/harness.html")
+    yield browser
+    errors = [line for line in browser.console if line.startswith("EXCEPTION")]
+    await browser.close()
+    assert not errors, errors
+
+
+async def run(page, script: str):
+    return await page.evaluate(f"(async () => {{ const h = window.harness; {script} }})()")
+
+
+async def test_widget_is_display_only(page):
+    widgets = await run(page, "return h.nodes.main.widgets.map((w) => [w.name, w.type, w.serialize]);")
+    assert widgets == [["lmstudio_stream", "lmstudio_stream_view", False]]
+    assert await run(page, "return h.nodes.other.widgets.length;") == 0
+
+
+async def test_stream_order_reasoning_answer_status_stats(page):
+    view = await run(page, """
+        h.send("7", "clear", "");
+        h.send("7", "status", "Loading model 40%");
+        await h.frames();
+        const loading = h.view("main").status;
+        for (const t of ["Let ", "me ", "see."]) h.send("7", "reasoning", t);
+        for (const t of ["A red ", "square."]) h.send("7", "text", t);
+        h.send("7", "stats", "tokens/s: 51.0 | mode: SDK");
+        h.send("7", "done", "");
+        await h.frames();
+        const pane = document.querySelector("[data-type=LMStudioStreamChat] .lms-reasoning");
+        return {...h.view("main"), loading, italic: getComputedStyle(pane).fontStyle,
+                opacity: getComputedStyle(pane).opacity};
+    """)
+    assert view["loading"] == "Loading model 40%"
+    assert (view["reasoning"], view["answer"]) == ("Let me see.", "A red square.")
+    assert view["stats"] == "tokens/s: 51.0 | mode: SDK" and view["status"] == "" and view["error"] == ""
+    assert view["reasoningVisible"] and view["italic"] == "italic" and float(view["opacity"]) < 1
+
+
+async def test_clear_empties_everything(page):
+    view = await run(page, """
+        h.send("7", "text", "old");
+        h.send("7", "error", "old error");
+        h.send("7", "clear", "");
+        await h.frames();
+        return h.view("main");
+    """)
+    assert (view["answer"], view["error"], view["reasoning"], view["reasoningVisible"]) == ("", "", "", False)
+
+
+async def test_error_style(page):
+    result = await run(page, """
+        h.send("7", "clear", "");
+        h.send("7", "error", "LM Studio connection failed. Tried http://127.0.0.1:1234/api/v1/chat.");
+        h.send("7", "done", "");
+        await h.frames();
+        const el = document.querySelector("[data-type=LMStudioStreamChat] .lms-error");
+        return {error: h.view("main").error, color: getComputedStyle(el).color};
+    """)
+    assert result["error"].startswith("LM Studio connection failed.")
+    assert result["color"] == "rgb(255, 107, 107)"
+
+
+async def test_subgraph_foreign_and_unknown_events(page):
+    views = await run(page, """
+        h.send("12:34", "text", "inside the subgraph");
+        h.send("8", "text", "for a node that is not ours");
+        h.send("99", "text", "for no node at all");
+        h.send("12:99", "text", "for no node at all");
+        h.send("7", "future_chunk_type", "ignored");
+        h.api.receive("lmstudio.stream.update", null);
+        h.api.receive("lmstudio.stream.update", "garbage");
+        await h.frames();
+        return {main: h.view("main"), inner: h.view("inner"), other: h.view("other")};
+    """)
+    assert views["inner"]["answer"] == "inside the subgraph"
+    assert views["main"]["answer"] == "" and views["other"] is None
+
+
+async def test_model_output_stays_text(page):
+    payload = '<img src=x onerror="window.__xss=1"><script>window.__xss=2</script><b>bold</b>'
+    result = await run(page, f"""
+        const payload = {json.dumps(payload)};
+        const before = h.view("main").elements;
+        h.send("7", "clear", "");
+        h.send("7", "reasoning", payload);
+        h.send("7", "text", payload);
+        h.send("7", "stats", payload);
+        h.send("7", "error", payload);
+        h.send("7", "status", payload);
+        await h.frames(3);
+        await new Promise((r) => setTimeout(r, 100));
+        const root = document.querySelector("[data-type=LMStudioStreamChat] .lmstudio-stream");
+        return {{view: h.view("main"), before, tags: root.querySelectorAll("img, script, b").length,
+                 xss: window.__xss ?? null}};
+    """)
+    view = result["view"]
+    assert view["answer"] == payload and view["reasoning"] == payload and view["error"] == payload
+    assert result["tags"] == 0 and result["xss"] is None
+    assert view["elements"] == result["before"]  # no element was created by model text
+
+
+async def test_burst_of_5000_deltas_renders_in_time(page):
+    result = await run(page, """
+        h.send("7", "clear", "");
+        await h.frames();
+        let draws = 0;
+        const observer = new MutationObserver(() => draws++);
+        observer.observe(document.querySelector("[data-type=LMStudioStreamChat] .lms-answer"),
+                         {characterData: true, childList: true, subtree: true});
+        const start = performance.now();
+        for (let i = 0; i < 5000; i++) h.send("7", i < 1000 ? "reasoning" : "text", `t${i} `);
+        const dispatched = performance.now() - start;
+        await h.frames(1);
+        const rendered = performance.now() - start;
+        observer.disconnect();
+        return {dispatched, rendered, draws, view: h.view("main")};
+    """)
+    expected = "".join(f"t{i} " for i in range(1000, 5000))
+    assert result["view"]["answer"] == expected
+    assert result["view"]["reasoning"] == "".join(f"t{i} " for i in range(1000))
+    assert result["draws"] <= 2  # one redraw for the whole burst, not one per delta
+    assert result["rendered"] < 1000, result
+    print(f"\n5,000-delta burst: dispatched in {result['dispatched']:.1f} ms, on screen after "
+          f"{result['rendered']:.1f} ms, {result['draws']} redraw(s)")
+
+
+async def test_auto_scroll_follows_unless_the_user_scrolled_up(page):
+    result = await run(page, """
+        const pane = document.querySelector("[data-type=LMStudioStreamChat] .lms-answer");
+        h.send("7", "clear", "");
+        h.send("7", "text", "line\\n".repeat(200));
+        await h.frames();
+        const followed = pane.scrollHeight - pane.clientHeight - pane.scrollTop;
+        pane.scrollTop = 0;  // the user scrolls up to read
+        h.send("7", "text", "more\\n".repeat(50));
+        await h.frames();
+        return {followed, kept: pane.scrollTop, overflowing: pane.scrollHeight > pane.clientHeight,
+                height: pane.clientHeight};
+    """)
+    assert result["overflowing"] and result["followed"] <= 1 and result["kept"] == 0
+    assert result["height"] < 600  # long text scrolls inside the pane; the widget does not grow
+
+
+async def test_executed_fallback_for_cached_runs_and_late_pages(page):
+    view = await run(page, """
+        h.nodes.late.onExecuted({lmstudio: [{text: "Cached answer", reasoning: "Cached thought",
+                                              stats: "tokens/s: 10.0 | mode: REST API"}]});
+        await h.frames();
+        return h.view("late");
+    """)
+    assert (view["answer"], view["reasoning"], view["stats"]) == ("Cached answer", "Cached thought",
+                                                                  "tokens/s: 10.0 | mode: REST API")
+
+
+async def test_screenshot(page, tmp_path):
+    await run(page, """
+        h.send("7", "clear", "");
+        h.send("7", "reasoning", "The user wants a caption. The image shows a red square on a white background; "
+                                 + "keep it short and literal.");
+        h.send("7", "text", "A solid red square centred on a plain white background.");
+        h.send("7", "stats", "tokens/s: 51.0 | TTFT: 0.81 s | input tokens: 17 | output tokens: 50 (reasoning 12) "
+                             + "| mode: REST API | model: qwen/qwen3-vl-4b");
+        h.send("7", "done", "");
+        h.send("9", "clear", "");
+        h.send("9", "status", "Loading model 45%");
+        h.send("12:34", "clear", "");
+        h.send("12:34", "error", "LM Studio connection failed. Tried http://127.0.0.1:1234/api/v1/chat.");
+        await h.frames();
+    """)
+    target = Path(os.environ.get("WIDGET_SCREENSHOT", tmp_path / "widget.png"))
+    await page.screenshot(target)
+    assert target.stat().st_size > 5000

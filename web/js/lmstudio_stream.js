@@ -1,0 +1,174 @@
+// LM Studio Chat: reasoning and answer streaming live onto the node.
+// The server sends `lmstudio.stream.update` events ({node_id, chunk_type, content}); this draws them into a
+// display-only DOM widget (serialize: false: never saved in the workflow nor part of the prompt).
+// Model text is only ever inserted as text nodes, never parsed as HTML.
+import { app } from "../../../scripts/app.js";
+import { api } from "../../../scripts/api.js";
+import {
+  NODE_CLASS,
+  STREAM_EVENT,
+  applyUpdate,
+  createFrameScheduler,
+  createState,
+  findNode,
+  isNearBottom,
+  stateFromExecuted,
+  textPatch,
+} from "./lmstudio_stream_core.js";
+
+const WIDGET_TYPE = "lmstudio_stream_view";
+const MIN_HEIGHT = 180;
+
+const STYLE = `
+.lmstudio-stream { display: flex; flex-direction: column; gap: 4px; height: 100%; min-height: 0;
+  box-sizing: border-box; font: 12px/1.4 var(--font-family, sans-serif); color: var(--input-text, #ddd); }
+.lmstudio-stream .lms-status { min-height: 1.4em; opacity: 0.8; font-size: 11px; }
+.lmstudio-stream details { display: flex; flex-direction: column; min-height: 0; }
+.lmstudio-stream details[open] { flex: 1 1 0; }
+.lmstudio-stream summary { cursor: pointer; opacity: 0.7; font-size: 11px; user-select: none; }
+.lmstudio-stream .lms-pane { margin: 0; padding: 4px 6px; overflow: auto; white-space: pre-wrap;
+  word-break: break-word; border-radius: 4px; background: var(--comfy-input-bg, #222); min-height: 2.8em;
+  font: inherit; }
+.lmstudio-stream details[open] .lms-pane { height: calc(100% - 1.6em); box-sizing: border-box; }
+.lmstudio-stream .lms-reasoning { font-style: italic; opacity: 0.65; }
+.lmstudio-stream .lms-answer { flex: 2 1 0; }
+.lmstudio-stream .lms-footer { display: flex; gap: 6px; align-items: center; font-size: 11px; opacity: 0.8; }
+.lmstudio-stream .lms-stats { flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
+.lmstudio-stream .lms-error { color: var(--error-text, #ff6b6b); white-space: pre-wrap; }
+.lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty { display: none; }
+.lmstudio-stream button { font-size: 11px; padding: 1px 6px; cursor: pointer; }
+`;
+
+function injectStyle() {
+  if (document.getElementById("lmstudio-stream-style")) return;
+  const style = document.createElement("style");
+  style.id = "lmstudio-stream-style";
+  style.textContent = STYLE;
+  document.head.appendChild(style);
+}
+
+function element(tag, className, text) {
+  const el = document.createElement(tag);
+  if (className) el.className = className;
+  if (text) el.textContent = text;
+  return el;
+}
+
+/** A pane that shows a growing text with one Text node, and follows it unless the user scrolled up. */
+function createPane(className) {
+  const pane = element("pre", `lms-pane ${className}`);
+  const text = document.createTextNode("");
+  pane.appendChild(text);
+  return {
+    pane,
+    show(next) {
+      if (text.data === next) return;
+      const follow = isNearBottom(pane);
+      const patch = textPatch(text.data, next);
+      if (patch.append !== undefined) text.appendData(patch.append);
+      else text.data = patch.replace;
+      if (follow) pane.scrollTop = pane.scrollHeight;
+    },
+  };
+}
+
+function createView() {
+  const root = element("div", "lmstudio-stream");
+  const status = element("div", "lms-status");
+  const thoughts = element("details", "lms-thoughts");
+  thoughts.open = true;
+  const summary = element("summary", "", "Reasoning");
+  const reasoning = createPane("lms-reasoning");
+  thoughts.append(summary, reasoning.pane);
+  const answer = createPane("lms-answer");
+  const error = element("div", "lms-error");
+  const footer = element("div", "lms-footer");
+  const stats = element("span", "lms-stats");
+  const copy = element("button", "lms-copy", "Copy");
+  copy.type = "button";
+  copy.title = "Copy the answer";
+  footer.append(stats, copy);
+  root.append(status, thoughts, answer.pane, error, footer);
+
+  let state = createState();
+  const draw = () => {
+    status.textContent = state.status;
+    thoughts.style.display = state.reasoning ? "" : "none";
+    summary.textContent = state.running && !state.text ? "Reasoning…" : "Reasoning";
+    reasoning.show(state.reasoning);
+    answer.show(state.text);
+    error.textContent = state.error;
+    stats.textContent = state.stats;
+    stats.title = state.stats;
+  };
+  const schedule = createFrameScheduler(draw, (fn) => requestAnimationFrame(fn));
+  copy.addEventListener("click", () => copyText(state.text, copy));
+  draw();
+  return {
+    root,
+    update(chunkType, content) {
+      if (applyUpdate(state, chunkType, content)) schedule();
+    },
+    replace(next) {
+      state = next;
+      schedule();
+    },
+    get state() {
+      return state;
+    },
+  };
+}
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = "Copied";
+  } catch {
+    button.textContent = "Copy failed";
+  }
+  setTimeout(() => (button.textContent = "Copy"), 1200);
+}
+
+function attachView(node) {
+  injectStyle();
+  const view = createView();
+  node.addDOMWidget("lmstudio_stream", WIDGET_TYPE, view.root, {
+    serialize: false,
+    hideOnZoom: false,
+    getMinHeight: () => MIN_HEIGHT,
+  });
+  node.lmstudioStreamView = view;
+  if (node.size?.[0] < 380) node.setSize?.([380, node.size[1]]);
+  return view;
+}
+
+function onStreamUpdate(event) {
+  const detail = event?.detail;
+  if (!detail || typeof detail !== "object") return;
+  const node = findNode(app.rootGraph ?? app.graph, detail.node_id);
+  if (node?.comfyClass !== NODE_CLASS || !node.lmstudioStreamView) return;
+  node.lmstudioStreamView.update(detail.chunk_type, detail.content);
+}
+
+app.registerExtension({
+  name: "LMStudio.StreamChat",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData?.name !== NODE_CLASS) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function (...args) {
+      const result = onNodeCreated?.apply(this, args);
+      attachView(this);
+      return result;
+    };
+    const onExecuted = nodeType.prototype.onExecuted;
+    nodeType.prototype.onExecuted = function (output, ...rest) {
+      const result = onExecuted?.apply(this, [output, ...rest]);
+      const state = stateFromExecuted(output);
+      if (state && this.lmstudioStreamView) this.lmstudioStreamView.replace(state);
+      return result;
+    };
+  },
+  setup() {
+    api.addEventListener(STREAM_EVENT, onStreamUpdate);
+  },
+});
