@@ -8,6 +8,7 @@ makes LM Studio stop generating. No ComfyUI imports: the terminal command uses i
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import json
 import logging
@@ -52,6 +53,9 @@ class ChatRequest:
     images: tuple[bytes, ...] = ()
     temperature: float = 0.7
     max_tokens: int = -1
+    reasoning: str = "auto"  # native REST `reasoning`: off | low | medium | high | on; auto sends nothing
+    seed: int | None = None  # OpenAI-compatible `seed`; the other APIs have no per-request seed
+    ttl_seconds: int | None = None  # idle TTL for a model this request makes LM Studio load (SDK, OpenAI)
     api_token: str | None = field(default=None, repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -67,6 +71,9 @@ class ChatRequest:
             "images": [f"{len(jpeg)} bytes JPEG" for jpeg in self.images],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
+            "reasoning": self.reasoning,
+            "seed": self.seed,
+            "ttl_seconds": self.ttl_seconds,
             "api_token": "set" if self.api_token else "none",
         }
 
@@ -112,22 +119,24 @@ class Stats:
     stop_reason: str | None = None
 
     def summary(self) -> str:
-        parts = []
-        if self.tokens_per_second is not None:
-            parts.append(f"tokens/s: {self.tokens_per_second:.1f}")
-        if self.time_to_first_token is not None:
-            parts.append(f"TTFT: {self.time_to_first_token:.2f} s")
-        if self.input_tokens is not None:
-            parts.append(f"input tokens: {self.input_tokens}")
-        if self.output_tokens is not None:
-            reasoning = f" (reasoning {self.reasoning_tokens})" if self.reasoning_tokens is not None else ""
-            parts.append(f"output tokens: {self.output_tokens}{reasoning}")
+        """One line; a figure the mode could not know reads `n/a`, never an invented number."""
+        reasoning = f" (reasoning {self.reasoning_tokens})" if self.reasoning_tokens is not None else ""
+        parts = [
+            f"tokens/s: {_figure(self.tokens_per_second, '.1f')}",
+            f"TTFT: {_figure(self.time_to_first_token, '.2f', ' s')}",
+            f"input tokens: {_figure(self.input_tokens)}",
+            f"output tokens: {_figure(self.output_tokens)}{reasoning}",
+        ]
         if self.stop_reason:
             parts.append(f"stop: {self.stop_reason}")
         parts.append(f"mode: {self.mode}")
         if self.model:
             parts.append(f"model: {self.model}")
         return " | ".join(parts)
+
+
+def _figure(value: float | None, spec: str = "", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
 
 
 @dataclass(frozen=True)
@@ -165,6 +174,13 @@ def model_not_found(model: str, detail: str) -> LMStudioError:
     return LMStudioError(
         f"Model '{model}' not found in LM Studio: {detail} Check model_id against LM Studio's model list "
         "(`lms ls`), or leave it empty to use the loaded model."
+    )
+
+
+def not_vision_capable(model: str) -> LMStudioError:
+    return LMStudioError(
+        f"Model '{model}' cannot see images: LM Studio reports it has no vision capability, so it would answer "
+        "without looking. Pick a vision model (for example qwen/qwen3-vl-4b or google/gemma-3-4b) or unlink the image."
     )
 
 
@@ -405,20 +421,122 @@ def _parse_json(data: str) -> dict[str, Any]:
     return value
 
 
-def first_loaded_llm(models_body: Any) -> str | None:
-    """The instance id of the first loaded LLM in a `GET /api/v1/models` body."""
-    for model in models_body.get("models", []) if isinstance(models_body, dict) else []:
-        if model.get("type") == "llm" and model.get("loaded_instances"):
-            return model["loaded_instances"][0]["id"]
-    return None
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model LM Studio offers. `vision` is None where the server does not say (the OpenAI listing)."""
+
+    key: str
+    display_name: str = ""
+    loaded_ids: tuple[str, ...] = ()
+    vision: bool | None = None
+
+    def matches(self, model_id: str) -> bool:
+        return model_id == self.key or model_id in self.loaded_ids
 
 
-async def _loaded_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
-    """The loaded model to use when `model_id` is left empty."""
-    loaded = first_loaded_llm(await _get_json(session, f"{base}/api/v1/models", request))
-    if loaded is None:
-        raise no_model_loaded()
-    return loaded
+def parse_native_models(body: Any) -> list[ModelInfo]:
+    """The LLMs in a `GET /api/v1/models` body (embedding models cannot chat)."""
+    models = []
+    for entry in body.get("models", []) if isinstance(body, dict) else []:
+        if not isinstance(entry, dict) or entry.get("type") != "llm" or not entry.get("key"):
+            continue
+        capabilities = entry.get("capabilities") or {}
+        models.append(
+            ModelInfo(
+                key=str(entry["key"]),
+                display_name=str(entry.get("display_name") or entry["key"]),
+                loaded_ids=tuple(str(i["id"]) for i in entry.get("loaded_instances") or [] if "id" in i),
+                vision=bool(capabilities["vision"]) if "vision" in capabilities else None,
+            )
+        )
+    return models
+
+
+async def _native_models(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> list[ModelInfo] | None:
+    """LM Studio's own model list, or None where the server has no native API (LM Studio before 0.4, others)."""
+    url = f"{base}/api/v1/models"
+    async with await _open(session, "GET", url, request) as response:
+        body = await _read_body(response)
+    if response.status == 404 or (response.status < 400 and not (isinstance(body, dict) and "models" in body)):
+        return None  # LM Studio answers unknown endpoints with 200 and an error body
+    if response.status >= 400:
+        raise http_error(response.status, body, url, request.model)
+    return parse_native_models(body)
+
+
+async def _openai_models(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> list[ModelInfo]:
+    body = await _get_json(session, f"{base}/v1/models", request)
+    entries = body.get("data", []) if isinstance(body, dict) else []
+    return [ModelInfo(key=str(m["id"]), display_name=str(m["id"])) for m in entries if isinstance(m, dict) and "id" in m]
+
+
+async def _resolve_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
+    """The model to ask: `model_id`, or the loaded one; a text-only model given an image is refused here."""
+    if request.model and not request.images:
+        return request.model
+    models = await _native_models(session, base, request)
+    model = request.model
+    if not model:
+        if models is None:
+            # Not LM Studio 0.4+: take the first model the OpenAI listing offers.
+            models = await _openai_models(session, base, request)
+            model = models[0].key if models else ""
+        else:
+            model = next((m.loaded_ids[0] for m in models if m.loaded_ids), "")
+        if not model:
+            raise no_model_loaded()
+    info = next((m for m in models or [] if m.matches(model)), None)
+    if request.images and info is not None and info.vision is False:
+        raise not_vision_capable(model)
+    return model
+
+
+async def list_models(server_url: str, *, api_token: str | None = None, timeout: float = 5.0) -> list[ModelInfo]:
+    """The server's chat models, loaded ones first: LM Studio's native list, else the OpenAI-compatible one."""
+    request = ChatRequest(prompt="", server_url=server_url, api_token=api_token, connect_timeout=timeout)
+    base = _base_url(request)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session:
+            models = await _native_models(session, base, request)
+            if models is None:
+                models = await _openai_models(session, base, request)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_error(exc, f"{base}/api/v1/models", 0) from exc
+    return sorted(models, key=lambda m: (not m.loaded_ids, m.key.lower()))
+
+
+async def unload_model(
+    request: ChatRequest, instance_id: str, *, confirm_seconds: float = 10.0, poll_seconds: float = 0.25
+) -> bool:
+    """Ask LM Studio to unload `instance_id` and wait until it is gone; False if not confirmed in time."""
+    if request.mode is ConnectionMode.SDK:
+        from .sdk_backend import unload_sdk
+
+        return await unload_sdk(request, instance_id, confirm_seconds=confirm_seconds, poll_seconds=poll_seconds)
+    base = _base_url(request)
+    url = f"{base}/api/v1/models/unload"
+    timeout = aiohttp.ClientTimeout(total=None, connect=request.connect_timeout, sock_read=confirm_seconds)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            async with await _open(session, "POST", url, request, json={"instance_id": instance_id}) as response:
+                body = await _read_body(response)
+            message, _ = _server_message(body)
+            if (response.status == 404 and "model" not in message.lower()) or "unexpected endpoint" in message.lower():
+                raise LMStudioError(
+                    f"This server cannot unload models ({url} is missing): unloading needs LM Studio 0.4 or later."
+                )
+            if response.status >= 400:
+                raise http_error(response.status, body, url, instance_id)
+            deadline = time.monotonic() + confirm_seconds
+            while True:
+                models = await _native_models(session, base, request) or []
+                if not any(instance_id in m.loaded_ids for m in models):
+                    return True
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(poll_seconds)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise _transport_error(exc, url, 0) from exc
 
 
 # --------------------------------------------------------------------------------------------------- native REST
@@ -444,6 +562,8 @@ def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["system_prompt"] = request.system_prompt
     if request.max_tokens >= 0:
         payload["max_output_tokens"] = request.max_tokens
+    if request.reasoning != "auto":
+        payload["reasoning"] = request.reasoning
     return payload
 
 
@@ -461,7 +581,7 @@ def rest_stats(result: dict[str, Any], mode: str) -> Stats:
 
 
 async def _stream_rest(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> AsyncIterator[StreamEvent]:
-    model = request.model or await _loaded_model(session, base, request)
+    model = await _resolve_model(session, base, request)
     url = f"{base}/api/v1/chat"
     errors: list[Any] = []
     async for sse in _sse_events(session, url, rest_payload(request, model), request):
@@ -511,31 +631,17 @@ def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
     }
     if request.max_tokens >= 0:
         payload["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        payload["seed"] = request.seed
+    if request.ttl_seconds is not None:
+        payload["ttl"] = request.ttl_seconds  # applies only when this request makes LM Studio load the model
     return payload
-
-
-async def _openai_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
-    if request.model:
-        return request.model
-    try:
-        native = await _get_json(session, f"{base}/api/v1/models", request)
-    except LMStudioError:
-        # Not LM Studio 0.4+ (or not LM Studio at all): take the first model the OpenAI listing offers.
-        body = await _get_json(session, f"{base}/v1/models", request)
-        ids = [m.get("id") for m in body.get("data", []) if isinstance(m, dict)] if isinstance(body, dict) else []
-        if not ids:
-            raise no_model_loaded() from None
-        return str(ids[0])
-    loaded = first_loaded_llm(native)
-    if loaded is None:
-        raise no_model_loaded()
-    return loaded
 
 
 async def _stream_openai(
     session: aiohttp.ClientSession, base: str, request: ChatRequest
 ) -> AsyncIterator[StreamEvent]:
-    model = await _openai_model(session, base, request)
+    model = await _resolve_model(session, base, request)
     url = f"{base}/v1/chat/completions"
     splitter = ThinkSplitter()
     started = time.monotonic()
@@ -625,10 +731,7 @@ async def stream_chat(request: ChatRequest) -> AsyncIterator[StreamEvent]:
             async for event in events:
                 yield event
         return
-    try:
-        base = normalize_server_url(request.server_url)
-    except ValueError as exc:
-        raise LMStudioError(str(exc)) from None
+    base = _base_url(request)
     backend = _HTTP_BACKENDS[request.mode]
     timeout = aiohttp.ClientTimeout(total=None, connect=request.connect_timeout, sock_read=request.idle_timeout)
     received = 0
@@ -642,6 +745,13 @@ async def stream_chat(request: ChatRequest) -> AsyncIterator[StreamEvent]:
         raise stream_dropped(received) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise _transport_error(exc, _endpoint(base, request.mode), received) from exc
+
+
+def _base_url(request: ChatRequest) -> str:
+    try:
+        return normalize_server_url(request.server_url)
+    except ValueError as exc:
+        raise LMStudioError(str(exc)) from None
 
 
 def _endpoint(base: str, mode: ConnectionMode) -> str:

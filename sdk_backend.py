@@ -34,6 +34,7 @@ from .client import (
     idle_timeout,
     model_not_found,
     no_model_loaded,
+    not_vision_capable,
     stream_dropped,
 )
 from .utils import normalize_server_url, sdk_api_host
@@ -106,7 +107,8 @@ async def _model(client: Any, request: ChatRequest, progress: deque[Progress]) -
         if loading:
             progress.append(Progress("model_load", fraction))
 
-    return await client.llm.model(request.model, ttl=LOAD_TTL_SECONDS, on_load_progress=on_load)
+    ttl = request.ttl_seconds or LOAD_TTL_SECONDS
+    return await client.llm.model(request.model, ttl=ttl, on_load_progress=on_load)
 
 
 async def _model_listing(client: Any) -> str:
@@ -163,6 +165,8 @@ async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
             finally:
                 if not loading.done():
                     loading.cancel()
+            if request.images and not (await model.get_info()).vision:
+                raise not_vision_capable(model.identifier)
             images = [
                 await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
                 for index, jpeg in enumerate(request.images)
@@ -201,7 +205,8 @@ async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
         raise LMStudioError(f"LM Studio SDK error: {_detail(exc)}") from exc
     except lms.LMStudioServerError as exc:
         if "Authentication failed" in str(exc):
-            raise auth_required(_detail(exc)) from exc
+            sent = "it rejected the token sent." if request.api_token else "none was sent."
+            raise auth_required(sent) from exc
         raise LMStudioError(f"LM Studio reported an error: {_detail(exc)}") from exc
     except lms.LMStudioValueError as exc:
         raise LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}") from exc
@@ -210,6 +215,25 @@ async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
             # lmstudio 1.5 crashes this way when the server rejects the websocket authentication.
             raise _token_unsupported(request) from exc
         raise
+
+
+async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:
+    """Unload a model instance through the SDK and wait until LM Studio no longer lists it."""
+    host = sdk_api_host(request.server_url)
+    kwargs = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
+    try:
+        async with lms.AsyncClient(host, **kwargs) as client:
+            await client.llm.unload(identifier)
+            deadline = time.monotonic() + confirm_seconds
+            while identifier in [m.identifier for m in await client.llm.list_loaded()]:
+                if time.monotonic() >= deadline:
+                    return False
+                await asyncio.sleep(poll_seconds)
+            return True
+    except lms.LMStudioModelNotFoundError:
+        return True  # already gone
+    except lms.LMStudioError as exc:
+        raise LMStudioError(f"LM Studio could not unload '{identifier}': {_detail(exc)}") from exc
 
 
 def _token_unsupported(request: ChatRequest) -> LMStudioError:

@@ -281,7 +281,8 @@ class FakeSDK:
             auth = await ws.receive_json()
             self.auth.append(auth)
             if self.required_token:
-                ident, _, key = self.required_token.partition(":")
+                # sk-lm-<clientIdentifier>:<clientPasskey> (lmstudio json_api.py `_LMS_API_TOKEN_REGEX`)
+                ident, _, key = self.required_token.removeprefix("sk-lm-").partition(":")
                 if (auth.get("clientIdentifier"), auth.get("clientPasskey")) != (ident, key):
                     await ws.send_json({"success": False, "error": "Invalid passkey for client identifier"})
                     await ws.close()
