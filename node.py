@@ -6,6 +6,9 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextlib import aclosing
+from dataclasses import asdict
+
+from aiohttp import web
 
 import comfy.model_management as model_management
 from comfy.utils import ProgressBar
@@ -23,7 +26,9 @@ from .client import (
     Stats,
     TextDelta,
     api_token_from_env,
+    list_models,
     stream_chat,
+    unload_model,
 )
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES, encode_images
 
@@ -37,6 +42,9 @@ TICK_SECONDS = 1 / 30
 CANCEL_GRACE_SECONDS = 0.8
 ON_ERROR_OUTPUT = "output error text"
 ON_ERROR_RAISE = "raise"
+KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE = "keep loaded", "unload", "unload when idle"
+REASONING_OPTIONS = ["auto", "off", "low", "medium", "high", "on"]
+UNLOAD_CONFIRM_SECONDS = 10.0
 _STAGE_LABELS = {"model_load": "Loading model", "prompt_processing": "Processing prompt"}
 
 Send = Callable[[str, str], None]
@@ -207,11 +215,71 @@ class LMStudioStreamChat(io.ComfyNode):
                     tooltip="output error text: the workflow goes on and response_text carries the error message. "
                     "raise: stop the workflow with the error.",
                 ),
+                io.String.Input(
+                    "system_prompt",
+                    optional=True,
+                    multiline=True,
+                    default="",
+                    tooltip="Instructions that lead the chat (e.g. 'Answer with one short caption.'). Empty sends none.",
+                ),
+                io.Combo.Input(
+                    "reasoning",
+                    optional=True,
+                    options=REASONING_OPTIONS,
+                    default="auto",
+                    tooltip="How much the model should think. Sent in REST API mode only (LM Studio's `reasoning`; a "
+                    "model that does not support the setting answers with an error). SDK and OpenAI-compatible "
+                    "modes ignore it: the model's own default applies. auto sends nothing.",
+                ),
+                io.Int.Input(
+                    "seed",
+                    optional=True,
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=True,
+                    tooltip="Changing the seed re-runs the node; with a fixed seed and unchanged inputs ComfyUI reuses "
+                    "the last answer. Sent to LM Studio in OpenAI-compatible mode only (`seed`); the SDK and the "
+                    "REST API take no per-request seed.",
+                ),
+                io.Combo.Input(
+                    "after_run",
+                    optional=True,
+                    options=[KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE],
+                    default=KEEP_LOADED,
+                    tooltip="What happens to the LM Studio model afterwards. keep loaded: LM Studio's usual rules. "
+                    "unload: free its VRAM as soon as the answer is in (the node waits, at most 10 s, until LM Studio "
+                    "confirms). unload when idle: a model this node makes LM Studio load unloads after "
+                    "idle_ttl_minutes (SDK and OpenAI-compatible; the REST API has no TTL, LM Studio's own JIT TTL "
+                    "applies). OpenAI-compatible mode unloads through LM Studio's native API (LM Studio 0.4+).",
+                ),
+                io.Int.Input(
+                    "idle_ttl_minutes",
+                    optional=True,
+                    default=10,
+                    min=1,
+                    max=24 * 60,
+                    tooltip="For 'unload when idle': minutes without requests before LM Studio unloads the model.",
+                ),
+                io.Boolean.Input(
+                    "free_comfy_vram",
+                    optional=True,
+                    default=False,
+                    tooltip="Unload ComfyUI's own models from VRAM before asking LM Studio, so a large LLM fits. "
+                    "ComfyUI reloads them when the next node needs them.",
+                ),
             ],
             outputs=[
                 io.String.Output("response_text", display_name="response_text"),
                 io.String.Output("reasoning_text", display_name="reasoning_text"),
                 io.String.Output("statistics", display_name="statistics"),
+                io.Float.Output("tokens_per_second", display_name="tokens_per_second", tooltip="0 when unknown."),
+                io.Float.Output(
+                    "time_to_first_token", display_name="time_to_first_token", tooltip="Seconds; 0 when unknown."
+                ),
+                io.Int.Output("input_tokens", display_name="input_tokens", tooltip="0 when unknown."),
+                io.Int.Output("output_tokens", display_name="output_tokens", tooltip="0 when unknown."),
+                io.Int.Output("reasoning_tokens", display_name="reasoning_tokens", tooltip="0 when unknown."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             # An output node runs on its own: the answer shows on the node even with nothing connected downstream.
@@ -237,6 +305,12 @@ class LMStudioStreamChat(io.ComfyNode):
         max_image_side: int = DEFAULT_MAX_SIDE,
         jpeg_quality: int = DEFAULT_JPEG_QUALITY,
         on_error: str = ON_ERROR_OUTPUT,
+        system_prompt: str = "",
+        reasoning: str = "auto",
+        seed: int = 0,
+        after_run: str = KEEP_LOADED,
+        idle_ttl_minutes: int = 10,
+        free_comfy_vram: bool = False,
     ) -> io.NodeOutput:
         node_id = str(cls.hidden.unique_id)
         server = PromptServer.instance
@@ -262,13 +336,21 @@ class LMStudioStreamChat(io.ComfyNode):
                 server_url=server_url,
                 mode=ConnectionMode(connection_mode),
                 model=model_id.strip(),
+                system_prompt=system_prompt,
                 images=images,
                 temperature=temperature,
                 max_tokens=max_tokens,
+                reasoning=reasoning,
+                seed=seed,
+                ttl_seconds=idle_ttl_minutes * 60 if after_run == UNLOAD_WHEN_IDLE else None,
                 api_token=api_token_from_env(),
             )
             if debug_mode:
                 log.info("LM Studio request from node %s: %s", node_id, request.describe())
+            if free_comfy_vram:
+                send("status", "Freeing ComfyUI's VRAM")
+                model_management.unload_all_models()
+                model_management.soft_empty_cache()
             await _run_stream(request, relay)
         except model_management.InterruptProcessingException:
             send("done", "")
@@ -283,16 +365,54 @@ class LMStudioStreamChat(io.ComfyNode):
             send("done", "")
             if on_error == ON_ERROR_RAISE:
                 raise RuntimeError(message) from exc
-            return _output(f"Error: {message}", "".join(relay.reasoning), f"error | mode: {connection_mode}")
-        stats = relay.stats.summary() if relay.stats else f"mode: {connection_mode}"
-        send("stats", stats)
+            return _output(f"Error: {message}", "".join(relay.reasoning), f"error | mode: {connection_mode}", None)
+        stats = relay.stats or Stats(mode=connection_mode)
+        send("stats", stats.summary())
+        if after_run == UNLOAD and stats.model:
+            await _unload(request, stats.model, send)
         send("done", "")
-        return _output("".join(relay.text), "".join(relay.reasoning), stats)
+        return _output("".join(relay.text), "".join(relay.reasoning), stats.summary(), stats)
 
 
-def _output(text: str, reasoning: str, stats: str) -> io.NodeOutput:
+async def _unload(request: ChatRequest, model: str, send: Send) -> None:
+    """Hand LM Studio's VRAM back; the answer stands whatever happens here."""
+    send("status", f"Unloading {model}")
+    try:
+        confirmed = await unload_model(request, model, confirm_seconds=UNLOAD_CONFIRM_SECONDS)
+    except LMStudioError as exc:
+        log.warning("LM Studio Chat: unloading %s failed: %s", model, exc)
+        send("error", f"The answer is complete, but unloading the model failed: {exc}")
+        return
+    if confirmed:
+        send("status", f"Unloaded {model}")
+    else:
+        log.warning("LM Studio Chat: %s was still loaded %.0f s after the unload request", model, UNLOAD_CONFIRM_SECONDS)
+        send("status", f"Asked LM Studio to unload {model}; not confirmed within {UNLOAD_CONFIRM_SECONDS:.0f} s")
+
+
+def _output(text: str, reasoning: str, summary: str, stats: Stats | None) -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answer.
-    return io.NodeOutput(text, reasoning, stats, ui={"lmstudio": [{"text": text, "reasoning": reasoning, "stats": stats}]})
+    ui = {"lmstudio": [{"text": text, "reasoning": reasoning, "stats": summary}]}
+    stats = stats or Stats(mode="")
+    figures = (
+        float(stats.tokens_per_second or 0.0),
+        float(stats.time_to_first_token or 0.0),
+        int(stats.input_tokens or 0),
+        int(stats.output_tokens or 0),
+        int(stats.reasoning_tokens or 0),
+    )
+    return io.NodeOutput(text, reasoning, summary, *figures, ui=ui)
+
+
+@PromptServer.instance.routes.get("/lmstudio/models")
+async def models_route(request: web.Request) -> web.Response:
+    """The model picker's list for the node's server_url: loaded first, with vision marked."""
+    server_url = request.query.get("server_url") or DEFAULT_SERVER_URL
+    try:
+        models = await list_models(server_url, api_token=api_token_from_env())
+    except LMStudioError as exc:
+        return web.json_response({"models": [], "error": str(exc)})
+    return web.json_response({"models": [asdict(model) for model in models], "error": None})
 
 
 class LMStudioExtension(ComfyExtension):

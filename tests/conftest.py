@@ -51,3 +51,27 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def comfy():
+    """Node tests: a fresh PromptServer recording, the interrupt flag down, and main.py's progress hook (which checks it)."""
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+    from node_helpers import CLIENT_ID
+    from server import PromptServer
+
+    server = PromptServer.instance
+    server.messages.clear()
+    server.client_id = CLIENT_ID
+    model_management.interrupt_current_processing(False)
+    progress: list[tuple[int, int, str]] = []
+
+    def hook(value, total, preview, node_id=None):  # main.py:284-313
+        progress.append((value, total, node_id))
+        model_management.throw_exception_if_processing_interrupted()
+
+    comfy_utils.set_progress_bar_global_hook(hook)
+    yield progress
+    comfy_utils.set_progress_bar_global_hook(None)
+    model_management.interrupt_current_processing(False)

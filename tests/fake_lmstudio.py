@@ -117,6 +117,8 @@ class FakeLMStudio:
     http_error: tuple[int, Any] | None = None  # answer chat requests with this status and JSON body
     stream_json_error: Any = None  # answer chat requests with 200 application/json (LM Studio's unknown endpoint)
     models: list[dict[str, Any]] = field(default_factory=lambda: [native_model(MODEL, loaded=True)])
+    native_api: bool = True  # False: LM Studio before 0.4 (its 200 "Unexpected endpoint" answer for /api/v1/*)
+    unload_delay: float = 0.0  # seconds an unloaded model stays listed (LM Studio freeing VRAM)
     requests: list[Recorded] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     # SDK (websocket) side
@@ -127,6 +129,7 @@ class FakeLMStudio:
         app.router.add_post("/api/v1/chat", self._rest_chat)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_get("/api/v1/models", self._native_models)
+        app.router.add_post("/api/v1/models/unload", self._unload)
         app.router.add_get("/v1/models", self._openai_models)
         app.router.add_get("/lmstudio-greeting", self.sdk.greeting)
         app.router.add_get("/{namespace}", self.sdk.websocket)
@@ -139,9 +142,31 @@ class FakeLMStudio:
         body = await request.json() if request.can_read_body else None
         self.requests.append(Recorded(request.method, request.path, body, dict(request.headers)))
 
+    def _unexpected(self, request: web.Request) -> web.Response:
+        return web.json_response({"error": f"Unexpected endpoint or method. ({request.method} {request.path}). "
+                                           "Returning 200 anyway"})
+
     async def _native_models(self, request: web.Request) -> web.Response:
         await self._record(request)
+        if not self.native_api:
+            return self._unexpected(request)
         return web.json_response({"models": self.models})
+
+    async def _unload(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        if not self.native_api:
+            return self._unexpected(request)
+        instance_id = (await request.json()).get("instance_id")
+        model = next((m for m in self.models if any(i["id"] == instance_id for i in m["loaded_instances"])), None)
+        if model is None:
+            return web.json_response({"error": {"type": "model_not_found",
+                                                "message": f"No loaded model instance '{instance_id}'"}}, status=404)
+
+        def forget() -> None:
+            model["loaded_instances"] = [i for i in model["loaded_instances"] if i["id"] != instance_id]
+
+        asyncio.get_running_loop().call_later(self.unload_delay, forget)
+        return web.json_response({"instance_id": instance_id})
 
     async def _openai_models(self, request: web.Request) -> web.Response:
         await self._record(request)
@@ -156,6 +181,8 @@ class FakeLMStudio:
 
     async def _rest_chat(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
+        if not self.native_api:
+            return self._unexpected(request)
         return await self._stream(request, [self._frame(data, name) for name, data in self.rest_events])
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
@@ -243,6 +270,7 @@ class FakeSDK:
     """The websocket API the `lmstudio` SDK speaks, with scriptable faults."""
 
     loaded: list[str] = field(default_factory=lambda: [MODEL])
+    text_only: set[str] = field(default_factory=set)  # models without vision
     downloaded: list[str] = field(default_factory=lambda: [MODEL, "google/gemma-3-4b"])
     fragments: list[dict[str, Any]] = field(default_factory=sdk_script)
     prompt_progress: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
@@ -323,8 +351,14 @@ class FakeSDK:
             result = {"identifier": f"file-{len(self.sent('rpcCall', 'uploadFileBase64'))}", "fileType": "image",
                       "sizeBytes": size}
         elif endpoint == "getModelInfo":
-            result = sdk_instance_info(self.loaded[0])
+            key = _identifier(param) or self.loaded[0]
+            result = sdk_instance_info(key, vision=key not in self.text_only)
         elif endpoint == "unloadModel":
+            key = _identifier(param)
+            if key not in self.loaded:
+                return {"type": "rpcError", "callId": call, "error": sdk_error(
+                    "No model found that fits the query.", "generic.noModelMatchingQuery")}
+            self.loaded.remove(key)
             return {"type": "rpcResult", "callId": call}
         else:
             return {"type": "rpcError", "callId": call, "error": sdk_error(f"Unknown endpoint {endpoint}")}
@@ -390,3 +424,16 @@ class FakeSDK:
         await send({"type": "success", "stats": {**self.stats, "stopReason": stop},
                     "modelInfo": sdk_instance_info(self.loaded[0]),
                     "loadModelConfig": {"fields": []}, "predictionConfig": {"fields": []}})
+
+
+def _identifier(value: Any) -> str | None:
+    """The first `identifier` (or `instanceReference`) anywhere in an SDK parameter."""
+    if isinstance(value, dict):
+        if isinstance(value.get("identifier"), str):
+            return value["identifier"]
+        if isinstance(value.get("instanceReference"), str):
+            return value["instanceReference"].removeprefix("ref-")
+        for item in value.values():
+            if found := _identifier(item):
+                return found
+    return None

@@ -7,66 +7,14 @@ import logging
 import time
 
 import comfy.model_management as model_management
-import comfy.utils as comfy_utils
 import pytest
 import torch
 from server import PromptServer
 
 import lmstudio_pack
 from fake_lmstudio import MODEL, openai_script, rest_script
-from lmstudio_pack.node import STREAM_EVENT, LMStudioStreamChat
-
-NODE_ID = "7"
-CLIENT_ID = "browser-tab-1"
-DELTA_TYPES = ("text", "reasoning")
-
-
-@pytest.fixture
-def comfy():
-    """A fresh PromptServer recording, the interrupt flag down, and main.py's progress hook (which checks it)."""
-    server = PromptServer.instance
-    server.messages.clear()
-    server.client_id = CLIENT_ID
-    model_management.interrupt_current_processing(False)
-    progress: list[tuple[int, int, str]] = []
-
-    def hook(value, total, preview, node_id=None):  # main.py:284-313
-        progress.append((value, total, node_id))
-        model_management.throw_exception_if_processing_interrupted()
-
-    comfy_utils.set_progress_bar_global_hook(hook)
-    yield progress
-    comfy_utils.set_progress_bar_global_hook(None)
-    model_management.interrupt_current_processing(False)
-
-
-def node(prompt_graph: dict | None = None):
-    """The per-execution clone ComfyUI makes, with the hidden inputs filled in."""
-    graph = prompt_graph or {NODE_ID: {"class_type": "LMStudioStreamChat", "inputs": {"prompt": "Describe"}}}
-    return LMStudioStreamChat.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": NODE_ID, "PROMPT": graph}})
-
-
-def inputs(url: str, mode: str = "REST API", **extra) -> dict:
-    base = dict(prompt="Describe", model_id=MODEL, connection_mode=mode, server_url=url, temperature=0.7,
-                max_tokens=-1, debug_mode=False)
-    return base | extra
-
-
-async def run(url: str, mode: str = "REST API", **extra):
-    return await node().execute(**inputs(url, mode, **extra))
-
-
-def events() -> list[tuple[str, str]]:
-    messages = PromptServer.instance.messages
-    for _, event, data, sid in messages:
-        assert event == STREAM_EVENT and sid == CLIENT_ID
-        assert set(data) == {"node_id", "chunk_type", "content"} and data["node_id"] == NODE_ID
-    return [(data["chunk_type"], data["content"]) for _, _, data, _ in messages]
-
-
-def joined(chunk_type: str) -> str:
-    return "".join(content for kind, content in events() if kind == chunk_type)
-
+from lmstudio_pack.node import LMStudioStreamChat
+from node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 
 # ------------------------------------------------------------------------------------------ registration
 
@@ -97,8 +45,14 @@ def test_schema_contract():
         assert extra.optional and (extra.io_type == "IMAGE" or extra.default is not None), extra.id
     for item in schema.inputs:
         assert item.tooltip, item.id
-    assert [o.id for o in schema.outputs] == ["response_text", "reasoning_text", "statistics"]
-    assert all(o.io_type == "STRING" for o in schema.outputs)
+    assert [(o.id, o.io_type) for o in schema.outputs] == [
+        ("response_text", "STRING"), ("reasoning_text", "STRING"), ("statistics", "STRING"),
+        ("tokens_per_second", "FLOAT"), ("time_to_first_token", "FLOAT"), ("input_tokens", "INT"),
+        ("output_tokens", "INT"), ("reasoning_tokens", "INT")]
+    assert [i.id for i in schema.inputs[len(required):]] == [
+        "image", "send_all_images", "max_image_side", "jpeg_quality", "on_error", "system_prompt", "reasoning", "seed",
+        "after_run", "idle_ttl_minutes", "free_comfy_vram"]
+    assert by_id["seed"].control_after_generate is True
     hidden = {h.value for h in schema.hidden}
     assert {"UNIQUE_ID", "PROMPT"} <= hidden
 
@@ -112,7 +66,7 @@ async def test_event_order_and_outputs_equal_the_deltas(lmstudio, comfy, mode):
     lmstudio.openai_chunks = openai_script(["A ", "red ", "square."], reasoning=["Let", " me", " see."])
     lmstudio.event_delay = 0.02
     output = await run(lmstudio.url, mode)
-    text, reasoning, stats = output.args
+    text, reasoning, stats = output.args[:3]
     assert (text, reasoning) == ("A red square.", "Let me see.")
     assert joined("text") == text and joined("reasoning") == reasoning
     kinds = [kind for kind, _ in events()]
@@ -125,7 +79,7 @@ async def test_event_order_and_outputs_equal_the_deltas(lmstudio, comfy, mode):
 
 
 async def test_rest_statistics_string(lmstudio, comfy):
-    _, _, stats = (await run(lmstudio.url)).args
+    _, _, stats = (await run(lmstudio.url)).args[:3]
     assert stats == ("tokens/s: 51.0 | TTFT: 0.81 s | input tokens: 17 | output tokens: 50 (reasoning 12) | "
                      f"mode: REST API | model: {MODEL}")
 
@@ -146,7 +100,7 @@ async def test_coalescing_bounds_the_message_rate(lmstudio, comfy):
     lmstudio.rest_events = rest_script(tokens[:500], tokens[500:])
     lmstudio.event_delay = 0.0005  # ~1,500 tokens a second, far above what the page should get
     started = time.monotonic()
-    text, reasoning, _ = (await run(lmstudio.url)).args
+    text, reasoning, _ = (await run(lmstudio.url)).args[:3]
     elapsed = time.monotonic() - started
     deltas = [kind for kind, _ in events() if kind in DELTA_TYPES]
     assert text == "".join(tokens[500:]) and reasoning == "".join(tokens[:500])
@@ -220,7 +174,7 @@ async def test_cancel_while_waiting_for_the_first_token(lmstudio, comfy):
 
 async def test_connection_failure_default_policy_goes_on(comfy, free_port):
     url = f"http://127.0.0.1:{free_port}"
-    text, reasoning, stats = (await run(url)).args
+    text, reasoning, stats = (await run(url)).args[:3]
     assert text.startswith(f"Error: LM Studio connection failed. Tried {url}/api/v1/chat")
     assert "Start Server" in text and reasoning == "" and stats == "error | mode: REST API"
     kinds = [kind for kind, _ in events()]
@@ -238,12 +192,12 @@ async def test_server_error_keeps_partial_reasoning(lmstudio, comfy):
     script = rest_script(["thinking"], ["par"])
     script.insert(-1, ("error", {"type": "error", "error": {"type": "internal_error", "message": "boom"}}))
     lmstudio.rest_events = script
-    text, reasoning, _ = (await run(lmstudio.url)).args
+    text, reasoning, _ = (await run(lmstudio.url)).args[:3]
     assert text == "Error: LM Studio reported an error: boom" and reasoning == "thinking"
 
 
 async def test_bad_image_is_a_clear_error(lmstudio, comfy):
-    text, _, _ = (await run(lmstudio.url, image=torch.zeros(8, 8, 3))).args
+    text, _, _ = (await run(lmstudio.url, image=torch.zeros(8, 8, 3))).args[:3]
     assert text.startswith("Error: Expected a ComfyUI IMAGE tensor")
     assert lmstudio.chat_requests() == []
 
@@ -277,7 +231,7 @@ async def test_same_workflow_same_outputs_in_all_three_modes(lmstudio, comfy):
     outputs = {}
     for mode in ("SDK", "REST API", "OpenAI-compatible"):
         PromptServer.instance.messages.clear()
-        text, thought, stats = (await run(lmstudio.url, mode, image=torch.rand(1, 32, 32, 3))).args
+        text, thought, stats = (await run(lmstudio.url, mode, image=torch.rand(1, 32, 32, 3))).args[:3]
         assert joined("text") == text and joined("reasoning") == thought
         assert stats.endswith(f"mode: {mode} | model: {MODEL}")
         outputs[mode] = (text, thought)
@@ -306,6 +260,6 @@ async def test_sdk_cancel_stops_lm_studio_within_a_second(lmstudio, comfy):
 
 
 async def test_sdk_connection_failure_text(comfy, free_port):
-    text, _, stats = (await run(f"http://127.0.0.1:{free_port}", "SDK")).args
+    text, _, stats = (await run(f"http://127.0.0.1:{free_port}", "SDK")).args[:3]
     assert text.startswith(f"Error: LM Studio connection failed. Tried http://127.0.0.1:{free_port}")
     assert stats == "error | mode: SDK"

@@ -27,3 +27,15 @@ def throw_exception_if_processing_interrupted() -> None:
         if interrupt_processing:
             interrupt_processing = False
             raise InterruptProcessingException()
+
+
+# VRAM: ComfyUI's own models. The stand-in records the calls.
+calls: list[str] = []
+
+
+def unload_all_models() -> None:
+    calls.append("unload_all_models")
+
+
+def soft_empty_cache(clear: bool = False) -> None:
+    calls.append("soft_empty_cache")
