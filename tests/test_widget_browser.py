@@ -21,7 +21,12 @@ if chromium_path() is None:
 
 
 def harness_app() -> web.Application:
-    """Serves the harness like ComfyUI serves a pack: WEB_DIRECTORY under /extensions/<folder>/."""
+    """Serves the harness like ComfyUI serves a pack: WEB_DIRECTORY under /extensions/<folder>/, and the pack's
+    routes (registered on PromptServer at import) under /api."""
+    from server import PromptServer
+
+    import lmstudio_pack.node  # noqa: F401  (registers the routes)
+
     async def harness(_: web.Request) -> web.FileResponse:
         return web.FileResponse(HARNESS / "harness.html")
 
@@ -29,15 +34,18 @@ def harness_app() -> web.Application:
     app.router.add_get("/harness.html", harness)
     app.router.add_static("/scripts/", HARNESS / "scripts")
     app.router.add_static("/extensions/lmstudio-stream-chat/", ROOT / "web")
+    api = web.Application()
+    api.add_routes(PromptServer.instance.routes)
+    app.add_subapp("/api", api)
     return app
 
 
 @pytest.fixture
-async def page(aiohttp_server):
+async def page(aiohttp_server, lmstudio):
     server = await aiohttp_server(harness_app())
     browser = Chromium()
     await browser.start()
-    await browser.goto(f"http://127.0.0.1:{server.port}/harness.html")
+    await browser.goto(f"http://127.0.0.1:{server.port}/harness.html?server={lmstudio.url}")
     yield browser
     errors = [line for line in browser.console if line.startswith("EXCEPTION")]
     await browser.close()
@@ -48,10 +56,46 @@ async def run(page, script: str):
     return await page.evaluate(f"(async () => {{ const h = window.harness; {script} }})()")
 
 
-async def test_widget_is_display_only(page):
-    widgets = await run(page, "return h.nodes.main.widgets.map((w) => [w.name, w.type, w.serialize]);")
-    assert widgets == [["lmstudio_stream", "lmstudio_stream_view", False]]
+async def test_added_widgets_are_display_only_and_come_last(page):
+    widgets = await run(page, """return h.nodes.main.widgets.map((w) => [w.name, w.type, w.serialize ?? null,
+                                                                          w.options?.serialize ?? null]);""")
+    assert widgets == [["prompt", "text", None, None], ["model_id", "text", None, None],
+                       ["server_url", "text", None, None], ["pick model", "combo", False, False],
+                       ["refresh models", "button", False, False],
+                       ["lmstudio_stream", "lmstudio_stream_view", False, False]]
     assert await run(page, "return h.nodes.other.widgets.length;") == 0
+
+
+async def test_model_picker_lists_the_nodes_server_and_sets_model_id(page, lmstudio):
+    from fake_lmstudio import native_model
+
+    lmstudio.models = [native_model("z/text", vision=False), native_model("a/vlm"), native_model("m/on", loaded=True)]
+    result = await run(page, """
+        const picker = h.widget("main", "pick model");
+        await h.widget("main", "refresh models").callback();
+        const values = [...picker.options.values];
+        picker.callback(values[1]);
+        return {values, modelId: h.widget("main", "model_id").value};
+    """)
+    assert result["values"] == ["(pick a model)", "m/on  [loaded, vision]", "a/vlm  [vision]", "z/text"]
+    assert result["modelId"] == "m/on"
+
+
+async def test_model_picker_follows_server_url_and_reports_unreachable(page, free_port):
+    result = await run(page, f"""
+        const picker = h.widget("main", "pick model");
+        const url = h.widget("main", "server_url");
+        url.value = "http://127.0.0.1:{free_port}";
+        url.callback(url.value);
+        for (let i = 0; i < 200 && !picker.options.values.some((v) => v.includes("not reachable")); i++)
+            await new Promise((r) => setTimeout(r, 25));
+        await h.frames();
+        return {{values: [...picker.options.values], status: h.view("main").status,
+                 modelId: h.widget("main", "model_id").value}};
+    """)
+    assert result["values"] == ["(pick a model)", "(LM Studio not reachable: refresh to retry)"]
+    assert result["status"].startswith(f"LM Studio connection failed. Tried http://127.0.0.1:{free_port}/api/v1/models")
+    assert result["modelId"] == ""  # a failed listing never touches the saved model_id
 
 
 async def test_stream_order_reasoning_answer_status_stats(page):

@@ -123,3 +123,22 @@ test("text patches append while streaming and replace otherwise", () => {
   assert.deepEqual(textPatch("abc", "xyz"), { replace: "xyz" });
   assert.deepEqual(textPatch("abc", "ab"), { replace: "ab" });
 });
+
+test("model picker labels, options and current value", async () => {
+  const { modelLabel, pickerOptions, pickerValue, modelsRoute, PICK_PROMPT } = await import(
+    "../../web/js/lmstudio_stream_core.js"
+  );
+  assert.equal(modelLabel({ key: "a/b", loaded_ids: ["a/b"], vision: true }), "a/b  [loaded, vision]");
+  assert.equal(modelLabel({ key: "a/b", loaded_ids: [], vision: null }), "a/b");
+  const options = pickerOptions({ models: [{ key: "m/on", loaded_ids: ["m/on"], vision: false }, { key: "x/y" }] });
+  assert.deepEqual(options.labels, ["m/on  [loaded]", "x/y"]);
+  assert.equal(options.keys.get("m/on  [loaded]"), "m/on");
+  assert.equal(pickerValue(options, "x/y"), "x/y");
+  assert.equal(pickerValue(options, "typed/by-hand"), PICK_PROMPT);
+  const failed = pickerOptions({ models: [], error: "LM Studio connection failed." });
+  assert.equal(failed.error, "LM Studio connection failed.");
+  assert.equal(failed.labels.length, 1);
+  assert.equal(failed.keys.size, 0);
+  assert.deepEqual(pickerOptions({ models: [] }).labels, ["(no models found)"]);
+  assert.equal(modelsRoute("http://192.168.1.5:1234/v1"), "/lmstudio/models?server_url=http%3A%2F%2F192.168.1.5%3A1234%2Fv1");
+});

@@ -6,12 +6,16 @@ import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import {
   NODE_CLASS,
+  PICK_PROMPT,
   STREAM_EVENT,
   applyUpdate,
   createFrameScheduler,
   createState,
   findNode,
   isNearBottom,
+  modelsRoute,
+  pickerOptions,
+  pickerValue,
   stateFromExecuted,
   textPatch,
 } from "./lmstudio_stream_core.js";
@@ -129,6 +133,53 @@ async function copyText(text, button) {
   setTimeout(() => (button.textContent = "Copy"), 1200);
 }
 
+/** A model picker fed by the pack's route for the node's own server_url; it writes the key into model_id. */
+function attachModelPicker(node) {
+  const widget = (name) => node.widgets?.find((w) => w.name === name);
+  const modelId = widget("model_id");
+  const serverUrl = widget("server_url");
+  if (!modelId || !serverUrl) return null;
+  let options = pickerOptions({ models: [] });
+  let request = 0;
+  const picker = node.addWidget("combo", "pick model", PICK_PROMPT, (label) => {
+    const key = options.keys.get(label);
+    if (key === undefined) return;
+    modelId.value = key;
+    modelId.callback?.(key);
+    node.setDirtyCanvas?.(true, true);
+  }, { values: [PICK_PROMPT], serialize: false });
+  picker.serialize = false; // display-only: neither saved in the workflow nor sent in the prompt
+
+  async function refresh() {
+    const mine = ++request;
+    let body;
+    try {
+      const response = await api.fetchApi(modelsRoute(serverUrl.value));
+      body = await response.json();
+    } catch (error) {
+      body = { error: `ComfyUI could not list models: ${error}` };
+    }
+    if (mine !== request) return; // a newer refresh (server_url changed meanwhile) wins
+    options = pickerOptions(body);
+    picker.options.values = [PICK_PROMPT, ...options.labels];
+    picker.value = pickerValue(options, modelId.value);
+    if (options.error) node.lmstudioStreamView?.update("status", options.error);
+    node.setDirtyCanvas?.(true, true);
+  }
+
+  const button = node.addWidget("button", "refresh models", null, () => refresh(), { serialize: false });
+  button.serialize = false;
+  let timer = null;
+  const onUrlChange = serverUrl.callback;
+  serverUrl.callback = function (...args) {
+    const result = onUrlChange?.apply(this, args);
+    clearTimeout(timer);
+    timer = setTimeout(refresh, 400); // typing a URL: list once it settles
+    return result;
+  };
+  return { refresh };
+}
+
 function attachView(node) {
   injectStyle();
   const view = createView();
@@ -157,7 +208,11 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = onNodeCreated?.apply(this, args);
+      // Appended after the schema's widgets, so saved widgets_values keep their positions.
+      this.lmstudioModelPicker = attachModelPicker(this);
       attachView(this);
+      // After a workflow loads, server_url holds its saved value: list from there.
+      setTimeout(() => this.lmstudioModelPicker?.refresh(), 0);
       return result;
     };
     const onExecuted = nodeType.prototype.onExecuted;

@@ -109,3 +109,41 @@ export function textPatch(rendered, next) {
   }
   return { replace: next };
 }
+
+// ----------------------------------------------------------------------------------------- model picker
+
+export const PICK_PROMPT = "(pick a model)";
+export const MODELS_ROUTE = "/lmstudio/models";
+
+/** The picker's label for one model of the route's list: loaded and vision-capable ones are marked. */
+export function modelLabel(model) {
+  const tags = [];
+  if (model.loaded_ids?.length) tags.push("loaded");
+  if (model.vision === true) tags.push("vision");
+  return tags.length ? `${model.key}  [${tags.join(", ")}]` : model.key;
+}
+
+/**
+ * Picker options from the route's answer `{models, error}`: labels in the server's order (loaded first) and
+ * the model key behind each label. An unreachable server gives one label that says so, never an empty list.
+ */
+export function pickerOptions(body) {
+  const keys = new Map();
+  if (body?.error) {
+    return { labels: [`(LM Studio not reachable: refresh to retry)`], keys, error: String(body.error) };
+  }
+  for (const model of body?.models ?? []) keys.set(modelLabel(model), model.key);
+  if (!keys.size) return { labels: ["(no models found)"], keys, error: null };
+  return { labels: [...keys.keys()], keys, error: null };
+}
+
+/** The label to show for the node's current model_id; a typed id not in the list shows the prompt. */
+export function pickerValue(options, modelId) {
+  for (const [label, key] of options.keys) if (key === modelId) return label;
+  return PICK_PROMPT;
+}
+
+/** The route URL for a node's server_url. */
+export function modelsRoute(serverUrl) {
+  return `${MODELS_ROUTE}?server_url=${encodeURIComponent(serverUrl ?? "")}`;
+}

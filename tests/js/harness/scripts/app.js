@@ -28,6 +28,11 @@ class Node {
     title.textContent = type;
     this.element.appendChild(title);
   }
+  addWidget(type, name, value, callback, options = {}) {
+    const widget = { type, name, value, callback, options };
+    this.widgets.push(widget);
+    return widget;
+  }
   addDOMWidget(name, type, element, options = {}) {
     const widget = { name, type, element, options, serialize: options.serialize };
     this.widgets.push(widget);
@@ -60,10 +65,12 @@ export const app = {
     for (const extension of this.extensions) await extension.beforeRegisterNodeDef?.(nodeType, nodeData, this);
     nodeTypes.set(name, nodeType);
   },
-  createNode(name, id, graph = rootGraph) {
+  createNode(name, id, graph = rootGraph, widgetValues = {}) {
     const NodeType = nodeTypes.get(name) ?? Node;
     const node = new NodeType(name);
     node.id = id;
+    // The frontend makes the schema's widgets before onNodeCreated.
+    for (const [widgetName, value] of Object.entries(widgetValues)) node.addWidget("text", widgetName, value, null);
     node.onNodeCreated?.();
     for (const extension of this.extensions) extension.nodeCreated?.(node, this);
     graph.add(node);
