@@ -47,11 +47,17 @@ def sdk_api_host(url: str) -> str:
     return f"{host}:{port}"
 
 
+_HALF = None  # torch.tensor(0.5), made on first use: importing utils must not need torch
+
+
 def _to_uint8_hwc(image) -> np.ndarray:
     """One `[H, W, C]` float image (a torch tensor, any device and float dtype) as RGB uint8."""
     import torch  # ComfyUI always has it; only the image path needs it.
 
     # Work on the CPU: LM Studio may have filled the GPU, and the node must not allocate there.
+    global _HALF
+    if _HALF is None:
+        _HALF = torch.tensor(0.5)
     image = image.detach().to(device="cpu", dtype=torch.float32)
     if image.shape[-1] == 4:
         rgb = image[..., :3].nan_to_num(0.0).clamp_(0.0, 1.0)
@@ -60,8 +66,8 @@ def _to_uint8_hwc(image) -> np.ndarray:
         image = rgb.mul_(alpha).add_(1.0 - alpha)
     elif image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
-    # NaN -> 0 and clamp, then +0.5 so the uint8 cast rounds to nearest instead of truncating.
-    scaled = image.nan_to_num(0.0).clamp_(0.0, 1.0).mul_(255.0).add_(0.5)
+    # x * 255 + 0.5 in one pass (the +0.5 makes the uint8 cast round to nearest), then NaN -> 0 and clamp in place.
+    scaled = torch.add(_HALF, image, alpha=255.0).nan_to_num_(0.0).clamp_(0.0, 255.0)
     return np.ascontiguousarray(scaled.to(torch.uint8).numpy())
 
 
@@ -77,14 +83,21 @@ def _check_batch(images) -> None:
 
 
 def encode_jpeg(image, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
-    """One `[H, W, C]` image as JPEG bytes, its long edge shrunk to `max_side` (0 keeps the size, never upscales)."""
-    pil = Image.fromarray(_to_uint8_hwc(image), "RGB")
-    if max_side > 0 and max(pil.size) > max_side:
-        scale = max_side / max(pil.size)
-        size = (max(1, round(pil.width * scale)), max(1, round(pil.height * scale)))
-        pil = pil.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    """One `[H, W, C]` image tensor as JPEG bytes (see `encode_pil`)."""
+    return encode_pil(Image.fromarray(_to_uint8_hwc(image)), max_side=max_side, quality=quality)
+
+
+def encode_pil(image: Image.Image, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:
+    """A Pillow image as JPEG bytes, its long edge shrunk to `max_side` (0 keeps the size, never upscales)."""
+    if image.mode != "RGB":
+        rgba = image.convert("RGBA")  # transparency composited onto white, as for tensors
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba).convert("RGB")
+    if max_side > 0 and max(image.size) > max_side:
+        scale = max_side / max(image.size)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
     buffer = io.BytesIO()
-    pil.save(buffer, format="JPEG", quality=quality)
+    image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
 
 
