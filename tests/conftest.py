@@ -18,8 +18,16 @@ if os.environ.get("COMFYUI_PATH"):
 try:
     import comfy_api.latest  # noqa: F401
 except ImportError:
-    sys.path.append(str(TESTS / "comfy_stub"))
+    sys.path.append(str(TESTS / "comfy_stub"))  # the stand-in, only when ComfyUI itself is not importable
 sys.path.insert(0, str(TESTS))
+
+import server as _server  # noqa: E402
+
+if getattr(_server.PromptServer, "instance", None) is None:
+    # A real ComfyUI creates its PromptServer before it imports custom nodes (which register routes on it).
+    import asyncio
+
+    _server.PromptServer(asyncio.new_event_loop())
 
 if PACKAGE not in sys.modules:
     spec = importlib.util.spec_from_file_location(PACKAGE, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
@@ -54,24 +62,31 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def comfy():
-    """Node tests: a fresh PromptServer recording, the interrupt flag down, and main.py's progress hook (which checks it)."""
+def comfy(monkeypatch):
+    """Node tests: what the node sends over the websocket and to the progress bar, recorded; the interrupt flag
+    down; main.py's progress hook (which checks the flag) installed. Works with the stand-in or a real ComfyUI."""
+    import time
+
     import comfy.model_management as model_management
     import comfy.utils as comfy_utils
-    from node_helpers import CLIENT_ID
+    from node_helpers import CLIENT_ID, Recorder
     from server import PromptServer
 
+    recorder = Recorder()
     server = PromptServer.instance
-    server.messages.clear()
-    server.client_id = CLIENT_ID
+    monkeypatch.setattr(server, "client_id", CLIENT_ID, raising=False)
+    monkeypatch.setattr(server, "send_sync", lambda event, data, sid=None: recorder.messages.append(
+        (time.monotonic(), event, data, sid)))
+    for name in ("unload_all_models", "soft_empty_cache"):
+        monkeypatch.setattr(model_management, name, lambda *_, name=name, **__: recorder.vram_calls.append(name))
     model_management.interrupt_current_processing(False)
-    progress: list[tuple[int, int, str]] = []
 
     def hook(value, total, preview, node_id=None):  # main.py:284-313
-        progress.append((value, total, node_id))
+        recorder.progress.append((value, total, node_id))
         model_management.throw_exception_if_processing_interrupted()
 
     comfy_utils.set_progress_bar_global_hook(hook)
-    yield progress
+    Recorder.current = recorder
+    yield recorder
     comfy_utils.set_progress_bar_global_hook(None)
     model_management.interrupt_current_processing(False)

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
-from server import PromptServer
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fake_lmstudio import MODEL
 from lmstudio_pack.node import STREAM_EVENT, LMStudioStreamChat
+
+@dataclass
+class Recorder:
+    """What one node test saw: websocket messages (time, event, data, sid), progress updates, VRAM calls."""
+
+    current: ClassVar["Recorder"]
+    messages: list[tuple] = field(default_factory=list)
+    progress: list[tuple] = field(default_factory=list)
+    vram_calls: list[str] = field(default_factory=list)
+
 
 NODE_ID = "7"
 CLIENT_ID = "browser-tab-1"
@@ -29,7 +40,7 @@ async def run(url: str, mode: str = "REST API", **extra):
 
 
 def events() -> list[tuple[str, str]]:
-    messages = PromptServer.instance.messages
+    messages = Recorder.current.messages
     for _, event, data, sid in messages:
         assert event == STREAM_EVENT and sid == CLIENT_ID
         assert set(data) == {"node_id", "chunk_type", "content"} and data["node_id"] == NODE_ID

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import comfy.model_management as model_management
 import pytest
 import torch
 from aiohttp import web
@@ -140,12 +139,11 @@ async def test_unload_when_idle_sets_a_ttl_where_the_mode_can(lmstudio, comfy):
 
 
 async def test_free_comfy_vram_first(lmstudio, comfy):
-    model_management.calls.clear()
     await run(lmstudio.url, "REST API", free_comfy_vram=True)
-    assert model_management.calls == ["unload_all_models", "soft_empty_cache"]
-    model_management.calls.clear()
+    assert comfy.vram_calls == ["unload_all_models", "soft_empty_cache"]
+    comfy.vram_calls.clear()
     await run(lmstudio.url, "REST API")
-    assert model_management.calls == []
+    assert comfy.vram_calls == []
 
 
 # ------------------------------------------------------------------------------------------ vision check

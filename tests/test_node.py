@@ -9,7 +9,6 @@ import time
 import comfy.model_management as model_management
 import pytest
 import torch
-from server import PromptServer
 
 import lmstudio_pack
 from fake_lmstudio import MODEL, openai_script, rest_script
@@ -88,9 +87,9 @@ async def test_progress_drives_the_bar_and_status(lmstudio, comfy):
     lmstudio.rest_events = rest_script(load=True)
     lmstudio.event_delay = 0.05  # slower than a tick, so each step is its own flush
     await run(lmstudio.url)
-    values = [value for value, total, node_id in comfy]
+    values = [value for value, total, node_id in comfy.progress]
     assert {25, 50, 75, 100} <= set(values)
-    assert all(total == 100 and node_id == NODE_ID for _, total, node_id in comfy)
+    assert all(total == 100 and node_id == NODE_ID for _, total, node_id in comfy.progress)
     statuses = [content for kind, content in events() if kind == "status"]
     assert "Loading model 50%" in statuses and "Processing prompt 50%" in statuses
 
@@ -108,7 +107,7 @@ async def test_coalescing_bounds_the_message_rate(lmstudio, comfy):
     assert elapsed > 0.5
     assert len(deltas) <= 30 * elapsed + 3, (len(deltas), elapsed)
     # and every one-second window holds about 30 at most
-    times = [t for t, _, data, _ in PromptServer.instance.messages if data["chunk_type"] in DELTA_TYPES]
+    times = [t for t, _, data, _ in comfy.messages if data["chunk_type"] in DELTA_TYPES]
     assert max(sum(1 for u in times if t <= u < t + 1) for t in times) <= 33
 
 
@@ -230,7 +229,7 @@ async def test_same_workflow_same_outputs_in_all_three_modes(lmstudio, comfy):
     lmstudio.sdk.fragments = sdk_script(reasoning, answer)
     outputs = {}
     for mode in ("SDK", "REST API", "OpenAI-compatible"):
-        PromptServer.instance.messages.clear()
+        comfy.messages.clear()
         text, thought, stats = (await run(lmstudio.url, mode, image=torch.rand(1, 32, 32, 3))).args[:3]
         assert joined("text") == text and joined("reasoning") == thought
         assert stats.endswith(f"mode: {mode} | model: {MODEL}")
