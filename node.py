@@ -122,7 +122,8 @@ async def _run_stream(request: ChatRequest, relay: StreamRelay) -> None:
     relay.flush()
     if task.cancelled() or model_management.processing_interrupted():
         relay.send("status", "Cancelled")
-        model_management.throw_exception_if_processing_interrupted()
+        model_management.throw_exception_if_processing_interrupted()  # consumes the flag, as ComfyUI expects
+        raise model_management.InterruptProcessingException()  # the flag was already consumed elsewhere
     task.result()  # re-raise the stream's error, if any
 
 
