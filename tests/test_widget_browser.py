@@ -253,3 +253,31 @@ async def test_screenshot(page, tmp_path):
     target = Path(os.environ.get("WIDGET_SCREENSHOT", tmp_path / "widget.png"))
     await page.screenshot(target)
     assert target.stat().st_size > 5000
+
+
+async def test_copy_button_copies_the_answer(page):
+    result = await run(page, """
+        h.send("7", "clear", "");
+        h.send("7", "text", "The answer to copy.");
+        await h.frames();
+        const button = document.querySelector("[data-type=LMStudioStreamChat] .lms-copy");
+        const settle = () => new Promise((r) => setTimeout(r, 30));
+        // a secure context (localhost): the clipboard API
+        let viaApi = null;
+        Object.defineProperty(navigator, "clipboard", {configurable: true,
+            value: {writeText: async (text) => { viaApi = text; }}});
+        button.click();
+        await settle();
+        const apiLabel = button.textContent;
+        // plain http from another machine: no secure context, the textarea fallback
+        let viaFallback = null;
+        Object.defineProperty(window, "isSecureContext", {configurable: true, value: false});
+        document.execCommand = (command) => { viaFallback = [command, document.activeElement.value]; return true; };
+        button.click();
+        await settle();
+        return {viaApi, apiLabel, viaFallback, fallbackLabel: button.textContent,
+                leftovers: document.querySelectorAll("textarea").length};
+    """)
+    assert result["viaApi"] == "The answer to copy." and result["apiLabel"] == "Copied"
+    assert result["viaFallback"] == ["copy", "The answer to copy."] and result["fallbackLabel"] == "Copied"
+    assert result["leftovers"] == 0

@@ -125,7 +125,20 @@ function createView() {
 
 async function copyText(text, button) {
   try {
-    await navigator.clipboard.writeText(text);
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(text);
+    } else {
+      // ComfyUI opened over plain http from another machine has no clipboard API: copy through a textarea.
+      const area = document.createElement("textarea");
+      area.value = text;
+      area.style.position = "fixed";
+      area.style.opacity = "0";
+      document.body.appendChild(area);
+      area.select();
+      const copied = document.execCommand("copy");
+      area.remove();
+      if (!copied) throw new Error("copy refused");
+    }
     button.textContent = "Copied";
   } catch {
     button.textContent = "Copy failed";
