@@ -47,17 +47,11 @@ def sdk_api_host(url: str) -> str:
     return f"{host}:{port}"
 
 
-_HALF = None  # torch.tensor(0.5), made on first use: importing utils must not need torch
-
-
 def _to_uint8_hwc(image) -> np.ndarray:
     """One `[H, W, C]` float image (a torch tensor, any device and float dtype) as RGB uint8."""
     import torch  # ComfyUI always has it; only the image path needs it.
 
     # Work on the CPU: LM Studio may have filled the GPU, and the node must not allocate there.
-    global _HALF
-    if _HALF is None:
-        _HALF = torch.tensor(0.5)
     image = image.detach().to(device="cpu", dtype=torch.float32)
     if image.shape[-1] == 4:
         rgb = image[..., :3].nan_to_num(0.0).clamp_(0.0, 1.0)
@@ -67,7 +61,7 @@ def _to_uint8_hwc(image) -> np.ndarray:
     elif image.shape[-1] == 1:
         image = image.expand(*image.shape[:-1], 3)
     # x * 255 + 0.5 in one pass (the +0.5 makes the uint8 cast round to nearest), then NaN -> 0 and clamp in place.
-    scaled = torch.add(_HALF, image, alpha=255.0).nan_to_num_(0.0).clamp_(0.0, 255.0)
+    scaled = torch.add(0.5, image, alpha=255.0).nan_to_num_(0.0).clamp_(0.0, 255.0)
     return np.ascontiguousarray(scaled.to(torch.uint8).numpy())
 
 
