@@ -154,6 +154,7 @@ async def test_cancel_stops_within_a_second_and_closes_the_stream(lmstudio, comf
         await run(lmstudio.url, mode)
     stopped = time.monotonic() - await canceller
     assert stopped < 1.0
+    print(f"\n{mode}: Cancel to InterruptProcessingException in {stopped * 1000:.0f} ms")
     await asyncio.wait_for(lmstudio.disconnected.wait(), 1)
     assert events()[-2:] == [("status", "Cancelled"), ("done", "")]
     assert not model_management.processing_interrupted()  # the executor's flag is consumed by the raise
@@ -253,7 +254,9 @@ async def test_sdk_cancel_stops_lm_studio_within_a_second(lmstudio, comfy):
     canceller = asyncio.create_task(press_cancel())
     with pytest.raises(model_management.InterruptProcessingException):
         await run(lmstudio.url, "SDK")
-    assert time.monotonic() - await canceller < 1.0
+    stopped = time.monotonic() - await canceller
+    assert stopped < 1.0
+    print(f"\nSDK: Cancel to InterruptProcessingException in {stopped * 1000:.0f} ms")
     assert lmstudio.sdk.cancelled.is_set()  # LM Studio was told to stop, not just disconnected from
     assert events()[-2:] == [("status", "Cancelled"), ("done", "")]
 
