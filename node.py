@@ -366,13 +366,15 @@ class LMStudioStreamChat(io.ComfyNode):
             send("done", "")
             if on_error == ON_ERROR_RAISE:
                 raise RuntimeError(message) from exc
-            return _output(f"Error: {message}", "".join(relay.reasoning), f"error | mode: {connection_mode}", None)
+            reasoning_text = "".join(relay.reasoning)
+            return _output(f"Error: {message}", reasoning_text, f"error | mode: {connection_mode}", Stats(connection_mode))
         stats = relay.stats or Stats(mode=connection_mode)
-        send("stats", stats.summary())
+        summary = stats.summary()
+        send("stats", summary)
         if after_run == UNLOAD and stats.model:
             await _unload(request, stats.model, send)
         send("done", "")
-        return _output("".join(relay.text), "".join(relay.reasoning), stats.summary(), stats)
+        return _output("".join(relay.text), "".join(relay.reasoning), summary, stats)
 
 
 async def _unload(request: ChatRequest, model: str, send: Send) -> None:
@@ -391,10 +393,9 @@ async def _unload(request: ChatRequest, model: str, send: Send) -> None:
         send("status", f"Asked LM Studio to unload {model}; not confirmed within {UNLOAD_CONFIRM_SECONDS:.0f} s")
 
 
-def _output(text: str, reasoning: str, summary: str, stats: Stats | None) -> io.NodeOutput:
+def _output(text: str, reasoning: str, summary: str, stats: Stats) -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answer.
     ui = {"lmstudio": [{"text": text, "reasoning": reasoning, "stats": summary}]}
-    stats = stats or Stats(mode="")
     figures = (
         float(stats.tokens_per_second or 0.0),
         float(stats.time_to_first_token or 0.0),

@@ -94,6 +94,12 @@ async def _cancel_and_drain(stream: Any, pending: asyncio.Future | None) -> None
             pending.cancel()
 
 
+def _client(host: str, request: ChatRequest) -> Any:
+    """One SDK client for one run (ComfyUI gives every prompt a fresh event loop), with the token if it can take one."""
+    token = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
+    return lms.AsyncClient(host, **token)
+
+
 async def _model(client: Any, request: ChatRequest, progress: deque[Progress]) -> Any:
     if not request.model:
         return await client.llm.model()
@@ -142,14 +148,11 @@ async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
         raise LMStudioError(str(exc)) from None
     if base.startswith("https://"):
         raise LMStudioError("The SDK mode speaks plain ws:// only: use REST API or OpenAI-compatible for https URLs.")
-    kwargs: dict[str, Any] = {}
-    if request.api_token and _SDK_ACCEPTS_TOKEN:
-        kwargs["api_token"] = request.api_token
     progress: deque[Progress] = deque()
     received = 0
     connected = False
     try:
-        async with lms.AsyncClient(host, **kwargs) as client:
+        async with _client(host, request) as client:
             connected = True
             loading = asyncio.ensure_future(_model(client, request, progress))
             try:
@@ -219,10 +222,8 @@ async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
 
 async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:
     """Unload a model instance through the SDK and wait until LM Studio no longer lists it."""
-    host = sdk_api_host(request.server_url)
-    kwargs = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
     try:
-        async with lms.AsyncClient(host, **kwargs) as client:
+        async with _client(sdk_api_host(request.server_url), request) as client:
             await client.llm.unload(identifier)
             deadline = time.monotonic() + confirm_seconds
             while identifier in [m.identifier for m in await client.llm.list_loaded()]:
