@@ -26,7 +26,7 @@ if not __package__:
     sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     __package__ = _spec.name
 
-from .client import (  # noqa: E402
+from .chat import (  # noqa: E402
     DEFAULT_SERVER_URL,
     ChatRequest,
     ConnectionMode,
@@ -36,9 +36,8 @@ from .client import (  # noqa: E402
     ReasoningDelta,
     TextDelta,
     api_token_from_env,
-    list_models,
-    stream_chat,
 )
+from .client import list_models, stream_chat  # noqa: E402
 from .utils import DEFAULT_MAX_SIDE, DEFAULT_JPEG_QUALITY, encode_pil  # noqa: E402
 
 MODES = {"sdk": ConnectionMode.SDK, "rest": ConnectionMode.REST, "openai": ConnectionMode.OPENAI}

@@ -15,7 +15,7 @@ from comfy.utils import ProgressBar
 from comfy_api.latest import ComfyExtension, io
 from server import PromptServer
 
-from .client import (
+from .chat import (
     DEFAULT_SERVER_URL,
     ChatRequest,
     ConnectionMode,
@@ -26,10 +26,8 @@ from .client import (
     Stats,
     TextDelta,
     api_token_from_env,
-    list_models,
-    stream_chat,
-    unload_model,
 )
+from .client import list_models, stream_chat, unload_model
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES, encode_images
 
 log = logging.getLogger("lmstudio_stream")

@@ -15,12 +15,12 @@ import asyncio
 import inspect
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import lmstudio as lms
 
-from .client import (
+from .chat import (
     ChatRequest,
     Finished,
     LMStudioError,

@@ -9,18 +9,17 @@ import time
 import pytest
 
 from fake_lmstudio import MODEL, native_model, openai_chunk, openai_script, rest_script
-from lmstudio_pack.client import (
+from lmstudio_pack.chat import (
     ChatRequest,
     ConnectionMode,
     Finished,
     LMStudioError,
     Progress,
     ReasoningDelta,
-    SSEParser,
     TextDelta,
-    ThinkSplitter,
-    stream_chat,
 )
+from lmstudio_pack.client import stream_chat
+from lmstudio_pack.sse import SSEParser, ThinkSplitter
 
 REST, OPENAI = ConnectionMode.REST, ConnectionMode.OPENAI
 HTTP_MODES = pytest.mark.parametrize("mode", [REST, OPENAI], ids=["rest", "openai"])

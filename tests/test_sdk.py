@@ -10,7 +10,7 @@ import pytest
 
 from fake_lmstudio import MODEL, sdk_error, sdk_fragment, sdk_script
 from lmstudio_pack import sdk_backend
-from lmstudio_pack.client import (
+from lmstudio_pack.chat import (
     ChatRequest,
     ConnectionMode,
     Finished,
@@ -18,8 +18,8 @@ from lmstudio_pack.client import (
     Progress,
     ReasoningDelta,
     TextDelta,
-    stream_chat,
 )
+from lmstudio_pack.client import stream_chat
 
 SDK = ConnectionMode.SDK
 

@@ -1,0 +1,279 @@
+"""What a chat is, for every side: the request, the stream events, the statistics, model info and the errors.
+
+Imports no backend: the node, the router and every backend depend on this module, never the other way round.
+Every message a person reads is built here, in one place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+DEFAULT_SERVER_URL = "http://127.0.0.1:1234"
+DEFAULT_CONNECT_TIMEOUT = 10.0
+# Idle, not total: a big model loading from disk can keep the first byte waiting for minutes, and the native
+# REST stream only reports load progress when the request itself triggers the load.
+DEFAULT_IDLE_TIMEOUT = 300.0
+API_TOKEN_ENV_VARS = ("LMSTUDIO_API_TOKEN", "LM_API_TOKEN")
+LMSTUDIO = "LM Studio"
+
+
+class ConnectionMode(str, Enum):
+    SDK = "SDK"
+    REST = "REST API"
+    OPENAI = "OpenAI-compatible"
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """What to ask, of which server and model. `images` are JPEG bytes (see `utils.encode_images`)."""
+
+    prompt: str
+    server_url: str = DEFAULT_SERVER_URL
+    mode: ConnectionMode = ConnectionMode.REST
+    model: str = ""
+    system_prompt: str = ""
+    images: tuple[bytes, ...] = ()
+    temperature: float = 0.7
+    max_tokens: int = -1
+    reasoning: str = "auto"  # native REST `reasoning`: off | low | medium | high | on; auto sends nothing
+    seed: int | None = None  # OpenAI-compatible `seed`; the other APIs have no per-request seed
+    ttl_seconds: int | None = None  # idle TTL for a model this request makes LM Studio load (SDK, OpenAI)
+    api_token: str | None = field(default=None, repr=False)
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+
+    def describe(self) -> dict[str, Any]:
+        """A loggable summary: sizes instead of image data, never the token."""
+        return {
+            "mode": self.mode.value,
+            "server_url": self.server_url,
+            "model": self.model or "(loaded model)",
+            "prompt_chars": len(self.prompt),
+            "system_prompt_chars": len(self.system_prompt),
+            "images": [f"{len(jpeg)} bytes JPEG" for jpeg in self.images],
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "reasoning": self.reasoning,
+            "seed": self.seed,
+            "ttl_seconds": self.ttl_seconds,
+            "api_token": "set" if self.api_token else "none",
+        }
+
+
+def api_token_from_env() -> str | None:
+    """The LM Studio API token from the environment: never from a widget, workflows are shared as PNGs."""
+    for name in API_TOKEN_ENV_VARS:
+        if token := os.environ.get(name, "").strip():
+            return token
+    return None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model the server offers. `vision` is None where the server does not say."""
+
+    key: str
+    display_name: str = ""
+    loaded_ids: tuple[str, ...] = ()
+    vision: bool | None = None
+    parallel: int | None = None  # the loaded instance's concurrent prediction slots, where the server says
+
+    def matches(self, model_id: str) -> bool:
+        return model_id == self.key or model_id in self.loaded_ids
+
+
+# --------------------------------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class ReasoningDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: Literal["model_load", "prompt_processing"]
+    fraction: float
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Final statistics. A field a mode cannot know stays None and is left out of `summary()`."""
+
+    mode: str
+    model: str | None = None
+    tokens_per_second: float | None = None
+    time_to_first_token: float | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    stop_reason: str | None = None
+
+    def summary(self) -> str:
+        """One line; a figure the mode could not know reads `n/a`, never an invented number."""
+        reasoning = f" (reasoning {self.reasoning_tokens})" if self.reasoning_tokens is not None else ""
+        parts = [
+            f"tokens/s: {_figure(self.tokens_per_second, '.1f')}",
+            f"TTFT: {_figure(self.time_to_first_token, '.2f', ' s')}",
+            f"input tokens: {_figure(self.input_tokens)}",
+            f"output tokens: {_figure(self.output_tokens)}{reasoning}",
+        ]
+        if self.stop_reason:
+            parts.append(f"stop: {self.stop_reason}")
+        parts.append(f"mode: {self.mode}")
+        if self.model:
+            parts.append(f"model: {self.model}")
+        return " | ".join(parts)
+
+
+def _figure(value: float | None, spec: str = "", unit: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+@dataclass(frozen=True)
+class Finished:
+    stats: Stats
+
+
+StreamEvent = TextDelta | ReasoningDelta | Progress | Finished
+
+
+# --------------------------------------------------------------------------------------------------- errors
+
+
+class LMStudioError(Exception):
+    """A failure explained for a person: what went wrong, where, and what to try.
+
+    `transient` marks failures worth one more try (a dropped stream, a server error); a wrong setting is not.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+def server_name(base: str, is_lmstudio: bool) -> str:
+    """How a message names what answered: LM Studio only when it is known to be LM Studio."""
+    return LMSTUDIO if is_lmstudio else f"The server at {base}"
+
+
+def connection_failed(url: str, detail: str = "") -> LMStudioError:
+    why = f" ({detail})" if detail else ""
+    return LMStudioError(
+        f"LM Studio connection failed. Tried {url}{why}. Is LM Studio running with its local server started "
+        "(Developer tab > Start Server, or `lms server start`)? For LM Studio on another machine, enable "
+        "'Serve on Local Network' there and use that machine's address in server_url."
+    )
+
+
+def not_lmstudio(url: str, what: str) -> LMStudioError:
+    """Something answered at `url`, but not an LLM server (a web page, ComfyUI itself, a wrong port)."""
+    return LMStudioError(
+        f"The server at {url} is not an LLM server: {what}. Check server_url: LM Studio shows its address and port "
+        "in the Developer tab (default http://127.0.0.1:1234)."
+    )
+
+
+def auth_required(detail: str) -> LMStudioError:
+    return LMStudioError(
+        f"LM Studio requires an API token: {detail} Set LMSTUDIO_API_TOKEN in the environment ComfyUI is started "
+        "from (tokens are never read from the workflow, which is shared inside every saved PNG)."
+    )
+
+
+def model_not_found(model: str, detail: str, who: str = LMSTUDIO) -> LMStudioError:
+    return LMStudioError(
+        f"Model '{model}' not found in {who_object(who)}: {detail} Check model_id against LM Studio's model list "
+        "(`lms ls`), or leave it empty to use the loaded model."
+    )
+
+
+def who_object(who: str) -> str:
+    """`server_name` inside a sentence ("in LM Studio", "in the server at ...")."""
+    return who if who == LMSTUDIO else who[0].lower() + who[1:]
+
+
+def not_vision_capable(model: str, who: str = LMSTUDIO) -> LMStudioError:
+    return LMStudioError(
+        f"Model '{model}' cannot see images: {who} reports it has no vision capability, so it would answer "
+        "without looking. Pick a vision model (for example qwen/qwen3-vl-4b or google/gemma-3-4b) or unlink the image."
+    )
+
+
+def no_model_loaded() -> LMStudioError:
+    return LMStudioError(
+        "No model is loaded in LM Studio and model_id is empty. Load a model in LM Studio (or `lms load <model>`), "
+        "or enter a model key in model_id and LM Studio will load it."
+    )
+
+
+def idle_timeout(url: str, received_chars: int, who: str = LMSTUDIO) -> LMStudioError:
+    return LMStudioError(
+        f"{who} sent nothing for too long while answering {url} ({received_chars} characters received). "
+        "A very large model may still be loading: load it in LM Studio first, then run again."
+    )
+
+
+def stream_dropped(received_chars: int, who: str = LMSTUDIO) -> LMStudioError:
+    return LMStudioError(
+        f"{who} closed the connection before the answer was complete ({received_chars} characters received). "
+        "The model may have crashed, run out of memory or been unloaded: see the server's log.",
+        transient=True,
+    )
+
+
+def server_message(body: Any) -> tuple[str, str]:
+    """(message, code) from error bodies: `{"error": {...}}`, `{"error": "..."}` or plain text."""
+    error = body.get("error", body) if isinstance(body, dict) else body
+    if isinstance(error, dict):
+        return str(error.get("message") or json.dumps(error)), str(error.get("code") or error.get("type") or "")
+    return str(error).strip(), ""
+
+
+_IMAGE_REFUSALS = ("image input is not supported", "does not support image", "vision is not supported", "mmproj")
+
+
+def refuses_images(message: str) -> bool:
+    """A server's words for "this model cannot take images" (llama.cpp without an mmproj, say)."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _IMAGE_REFUSALS)
+
+
+def http_error(status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False) -> LMStudioError:
+    """Map an HTTP error (status and the server's body) to one human message."""
+    message, code = server_message(body)
+    if status in (401, 403) or code == "invalid_api_key":
+        return auth_required(message)
+    if code == "model_not_found" or (status == 404 and "model" in message.lower()):
+        return model_not_found(model, message, who)
+    if images and refuses_images(message):
+        return not_vision_capable(model, who)
+    if isinstance(body, str) and body.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+        return not_lmstudio(url, f"it answered HTTP {status} with a web page")
+    if status in (404, 405) and who != LMSTUDIO:
+        return not_lmstudio(url, f"it has no chat endpoint there (HTTP {status})")
+    if status == 404:
+        return LMStudioError(
+            f"LM Studio has no endpoint {url} (HTTP 404: {message}). The native REST API needs LM Studio 0.4.0 or "
+            "later; update LM Studio or choose the OpenAI-compatible mode."
+        )
+    return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}", transient=status >= 500)
+
+
+def stream_error(error: Any, model: str, who: str = LMSTUDIO) -> LMStudioError:
+    """Map an error reported inside a stream (native `error` event, OpenAI `{"error": ...}` chunk)."""
+    message, code = server_message({"error": error})
+    if code == "model_not_found":
+        return model_not_found(model, message, who)
+    if code == "invalid_api_key":
+        return auth_required(message)
+    return LMStudioError(f"{who} reported an error: {message}", transient=True)

@@ -1,0 +1,125 @@
+"""The OpenAI-compatible dialect: `POST /v1/chat/completions` with `data:` chunks up to `[DONE]`.
+
+Serves LM Studio and any other OpenAI-compatible server (llama.cpp's llama-server, ...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator, Iterator
+from typing import Any
+
+import aiohttp
+
+from .chat import (
+    ChatRequest,
+    ConnectionMode,
+    Finished,
+    ReasoningDelta,
+    Stats,
+    StreamEvent,
+    TextDelta,
+    stream_error,
+)
+from .http_common import IncompleteStream, identify, parse_json, resolve_model, sse_events, stream_dialect
+from .sse import ThinkSplitter
+from .utils import jpeg_data_uri
+
+ENDPOINT = "/v1/chat/completions"
+
+
+def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
+    """The body of `POST /v1/chat/completions`."""
+    messages: list[dict[str, Any]] = []
+    if request.system_prompt:
+        messages.append({"role": "system", "content": request.system_prompt})
+    if request.images:
+        parts: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
+        parts += [{"type": "image_url", "image_url": {"url": jpeg_data_uri(jpeg)}} for jpeg in request.images]
+        messages.append({"role": "user", "content": parts})
+    else:
+        messages.append({"role": "user", "content": request.prompt})
+    payload: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "temperature": request.temperature,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    if request.max_tokens >= 0:
+        payload["max_tokens"] = request.max_tokens
+    if request.seed is not None:
+        payload["seed"] = request.seed
+    if request.ttl_seconds is not None:
+        payload["ttl"] = request.ttl_seconds  # applies only when this request makes LM Studio load the model
+    return payload
+
+
+def openai_stats(
+    usage: dict[str, Any],
+    started: float,
+    first_token: float | None,
+    last_token: float | None,
+    finish_reason: str | None,
+    model: str,
+) -> Stats:
+    """Statistics for the OpenAI dialect: timings measured here, token counts only from the server's `usage`."""
+    output_tokens = usage.get("completion_tokens")
+    details = usage.get("completion_tokens_details") or {}
+    tokens_per_second = None
+    if output_tokens and first_token is not None and last_token is not None and last_token > first_token:
+        tokens_per_second = output_tokens / (last_token - first_token)
+    return Stats(
+        mode=ConnectionMode.OPENAI.value,
+        model=model,
+        tokens_per_second=tokens_per_second,
+        time_to_first_token=None if first_token is None else first_token - started,
+        input_tokens=usage.get("prompt_tokens"),
+        output_tokens=output_tokens,
+        reasoning_tokens=details.get("reasoning_tokens"),
+        stop_reason=finish_reason,
+    )
+
+
+async def _events(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    model = await resolve_model(session, base, request)
+    splitter = ThinkSplitter()
+    started = time.monotonic()
+    first_token = last_token = None
+    usage: dict[str, Any] = {}
+    finish_reason = None
+    served_model = None
+
+    def pieces(reasoning: str, content: str) -> Iterator[StreamEvent]:
+        if reasoning:
+            yield ReasoningDelta(reasoning)
+        for is_reasoning, text in splitter.feed(content):
+            yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
+
+    async for sse in sse_events(session, base, f"{base}{ENDPOINT}", openai_payload(request, model), request):
+        if sse.data.strip() == "[DONE]":
+            break
+        chunk = parse_json(sse.data)
+        if "error" in chunk:
+            raise stream_error(chunk["error"], model, await identify(session, base))
+        served_model = chunk.get("model") or served_model
+        usage = chunk.get("usage") or usage
+        for choice in chunk.get("choices") or []:
+            delta = choice.get("delta") or {}
+            finish_reason = choice.get("finish_reason") or finish_reason
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            for event in pieces(str(reasoning), str(delta.get("content") or "")):
+                now = time.monotonic()
+                first_token = first_token or now
+                last_token = now
+                yield event
+    else:
+        raise IncompleteStream()
+    for is_reasoning, text in splitter.close():
+        yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
+    yield Finished(openai_stats(usage, started, first_token, last_token, finish_reason, served_model or model))
+
+
+def stream_openai(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    """Stream one chat turn over the OpenAI-compatible API."""
+    return stream_dialect(request, _events, ENDPOINT)

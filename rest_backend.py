@@ -1,0 +1,84 @@
+"""LM Studio's native REST dialect: `POST /api/v1/chat` with named SSE events (LM Studio 0.4 and later)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import aiohttp
+
+from .chat import ChatRequest, Finished, Progress, ReasoningDelta, Stats, StreamEvent, TextDelta, stream_error
+from .http_common import IncompleteStream, parse_json, resolve_model, sse_events, stream_dialect
+from .utils import jpeg_data_uri
+
+ENDPOINT = "/api/v1/chat"
+
+
+def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
+    """The body of `POST /api/v1/chat`."""
+    if request.images:
+        items = [{"type": "text", "content": request.prompt}]
+        items += [{"type": "image", "data_url": jpeg_data_uri(jpeg)} for jpeg in request.images]
+        chat_input: str | list[dict[str, str]] = items
+    else:
+        chat_input = request.prompt
+    # store=false: every run is self-contained; stored responses would pile up in LM Studio for nothing.
+    payload: dict[str, Any] = {
+        "model": model,
+        "input": chat_input,
+        "stream": True,
+        "store": False,
+        "temperature": request.temperature,
+    }
+    if request.system_prompt:
+        payload["system_prompt"] = request.system_prompt
+    if request.max_tokens >= 0:
+        payload["max_output_tokens"] = request.max_tokens
+    if request.reasoning != "auto":
+        payload["reasoning"] = request.reasoning
+    return payload
+
+
+def rest_stats(result: dict[str, Any], mode: str) -> Stats:
+    stats = result.get("stats") or {}
+    return Stats(
+        mode=mode,
+        model=result.get("model_instance_id"),
+        tokens_per_second=stats.get("tokens_per_second"),
+        time_to_first_token=stats.get("time_to_first_token_seconds"),
+        input_tokens=stats.get("input_tokens"),
+        output_tokens=stats.get("total_output_tokens"),
+        reasoning_tokens=stats.get("reasoning_output_tokens"),
+    )
+
+
+async def _events(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    model = await resolve_model(session, base, request)
+    errors: list[Any] = []
+    async for sse in sse_events(session, base, f"{base}{ENDPOINT}", rest_payload(request, model), request):
+        event = parse_json(sse.data)
+        kind = sse.event or str(event.get("type", ""))
+        if kind == "message.delta":
+            yield TextDelta(str(event.get("content", "")))
+        elif kind == "reasoning.delta":
+            yield ReasoningDelta(str(event.get("content", "")))
+        elif (stage := kind.partition(".")[0]) in ("model_load", "prompt_processing"):
+            fraction = {"start": 0.0, "end": 1.0}.get(kind.partition(".")[2], event.get("progress"))
+            if isinstance(fraction, (int, float)):
+                yield Progress(stage, float(fraction))  # type: ignore[arg-type]  # stage is one of the two
+        elif kind == "error":
+            # The stream goes on to `chat.end` with what was generated; report the error once it has.
+            errors.append(event.get("error", event))
+        elif kind == "chat.end":
+            if errors:
+                raise stream_error(errors[0], model)
+            yield Finished(rest_stats(event.get("result") or {}, request.mode.value))
+            return
+    if errors:
+        raise stream_error(errors[0], model)
+    raise IncompleteStream()
+
+
+def stream_rest(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    """Stream one chat turn over LM Studio's native REST API."""
+    return stream_dialect(request, _events, ENDPOINT)
