@@ -248,7 +248,9 @@ def refuses_images(message: str) -> bool:
     return any(phrase in lowered for phrase in _IMAGE_REFUSALS)
 
 
-def http_error(status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False) -> LMStudioError:
+def http_error(
+    status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False
+) -> LMStudioError:
     """Map an HTTP error (status and the server's body) to one human message."""
     message, code = server_message(body)
     if status in (401, 403) or code == "invalid_api_key":

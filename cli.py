@@ -21,12 +21,14 @@ if not __package__:
     # Run as a script: load this folder as a package (without its __init__, which needs ComfyUI) so the
     # modules' relative imports work whatever the folder is called.
     _root = Path(__file__).resolve().parent
-    _spec = importlib.util.spec_from_file_location("lmstudio_stream_chat", _root / "__init__.py",
-                                                   submodule_search_locations=[str(_root)])
+    _spec = importlib.util.spec_from_file_location(
+        "lmstudio_stream_chat", _root / "__init__.py", submodule_search_locations=[str(_root)]
+    )
+    assert _spec is not None  # a file location always gives a spec
     sys.modules[_spec.name] = importlib.util.module_from_spec(_spec)
     __package__ = _spec.name
 
-from .chat import (  # noqa: E402
+from .chat import (
     DEFAULT_SERVER_URL,
     ChatRequest,
     ConnectionMode,
@@ -37,15 +39,17 @@ from .chat import (  # noqa: E402
     TextDelta,
     api_token_from_env,
 )
-from .client import list_models, stream_chat  # noqa: E402
-from .utils import DEFAULT_MAX_SIDE, DEFAULT_JPEG_QUALITY, encode_pil  # noqa: E402
+from .client import list_models, stream_chat
+from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, encode_pil
 
 MODES = {"sdk": ConnectionMode.SDK, "rest": ConnectionMode.REST, "openai": ConnectionMode.OPENAI}
 DIM, RESET = "\x1b[2m", "\x1b[0m"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="cli.py", description="Stream a chat from LM Studio, as the ComfyUI node does.")
+    parser = argparse.ArgumentParser(
+        prog="cli.py", description="Stream a chat from LM Studio, as the ComfyUI node does."
+    )
     parser.add_argument("prompt", nargs="?", help="the user message")
     parser.add_argument("--image", type=Path, help="an image file (PNG, JPEG, WebP, ...) sent as JPEG")
     parser.add_argument("--mode", choices=sorted(MODES), default="sdk", help="connection mode (default: sdk)")

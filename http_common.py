@@ -118,7 +118,8 @@ async def sse_events(
         if response.status >= 400:
             body = await read_body(response)
             who = await identify(session, base)
-            raise http_error(response.status, body, url, str(payload.get("model", "")), who, images=bool(request.images))
+            model = str(payload.get("model", ""))
+            raise http_error(response.status, body, url, model, who, images=bool(request.images))
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             # LM Studio answers unknown endpoints with 200 and a JSON error instead of a 404.
             body = await read_body(response)

@@ -1,11 +1,13 @@
-"""The LM Studio Chat node: adapts the client's stream events to ComfyUI (websocket, progress bar, outputs)."""
+"""The LM Studio Chat node: adapts the client's stream events to ComfyUI (websocket, progress bar, outputs).
+
+A list (a dataset folder, a rebatched SDXL batch) runs this node once per item, every item at once; the items
+share one `ListRun` and, per server and model, one `SlotPool`, so LM Studio gets at most N of them at a time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from contextlib import aclosing
 from dataclasses import asdict
 
 from aiohttp import web
@@ -13,22 +15,23 @@ from aiohttp import web
 import comfy.model_management as model_management
 from comfy.utils import ProgressBar
 from comfy_api.latest import ComfyExtension, io
+from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
 from .chat import (
     DEFAULT_SERVER_URL,
     ChatRequest,
     ConnectionMode,
-    Finished,
     LMStudioError,
-    Progress,
-    ReasoningDelta,
     Stats,
-    TextDelta,
     api_token_from_env,
 )
-from .client import list_models, stream_chat, unload_model
-from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES, encode_images
+from .client import list_models, parallel_slots, stream_chat, unload_model
+from .list_run import CANCELLED, DONE, FAILED, QUEUED, RUNNING, ListRun, list_run, prompt_state
+from .options_node import ON_ERROR_RAISE, OPTIONS_TYPE, UNLOAD, UNLOAD_WHEN_IDLE, ChatOptions, LMStudioChatOptions
+from .relay import StreamRelay
+from .slots import SlotPool, pool_for
+from .utils import MAX_BATCH_IMAGES, encode_images, normalize_server_url
 
 log = logging.getLogger("lmstudio_stream")
 
@@ -36,80 +39,89 @@ STREAM_EVENT = "lmstudio.stream.update"
 # One websocket message per tick at most (plus one more where reasoning turns into the answer): ~30 a second,
 # whatever the token rate. The same tick polls ComfyUI's interrupt flag, well inside the 100 ms budget.
 TICK_SECONDS = 1 / 30
+# A queued item only waits: a slower poll keeps a 200-item list from waking the loop 6,000 times a second.
+QUEUE_POLL_SECONDS = 0.1
 # After Cancel, how long the stream may take to close (the SDK sends `cancel` and drains) before we give up on it.
 CANCEL_GRACE_SECONDS = 0.8
-ON_ERROR_OUTPUT = "output error text"
-ON_ERROR_RAISE = "raise"
-KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE = "keep loaded", "unload", "unload when idle"
-REASONING_OPTIONS = ["auto", "off", "low", "medium", "high", "on"]
 UNLOAD_CONFIRM_SECONDS = 10.0
-_STAGE_LABELS = {"model_load": "Loading model", "prompt_processing": "Processing prompt"}
-
-Send = Callable[[str, str], None]
-
-
-class StreamRelay:
-    """Collects the stream for the outputs and forwards it to the browser in ordered, coalesced batches."""
-
-    def __init__(self, send: Send, progress: Callable[[float], None]) -> None:
-        self.send = send
-        self._progress = progress
-        self._pending: list[list[str]] = []  # [chunk_type, text] runs, in arrival order
-        self._status: Progress | None = None
-        self.text: list[str] = []
-        self.reasoning: list[str] = []
-        self.stats: Stats | None = None
-
-    def add(self, event: object) -> None:
-        if isinstance(event, TextDelta):
-            self._queue("text", event.text)
-            self.text.append(event.text)
-        elif isinstance(event, ReasoningDelta):
-            self._queue("reasoning", event.text)
-            self.reasoning.append(event.text)
-        elif isinstance(event, Progress):
-            self._status = event
-        elif isinstance(event, Finished):
-            self.stats = event.stats
-
-    def _queue(self, chunk_type: str, text: str) -> None:
-        if not text:
-            return
-        if self._pending and self._pending[-1][0] == chunk_type:
-            self._pending[-1][1] += text
-        else:
-            self._pending.append([chunk_type, text])
-
-    def flush(self) -> None:
-        """Send what arrived since the last flush: the latest status, then the deltas in order."""
-        if self._status is not None:
-            status, self._status = self._status, None
-            self.send("status", f"{_STAGE_LABELS[status.stage]} {round(status.fraction * 100)}%")
-            self._progress(status.fraction)
-        pending, self._pending = self._pending, []
-        for chunk_type, text in pending:
-            self.send(chunk_type, text)
+RETRIES = 1  # a transient failure (a dropped stream, HTTP 5xx, an error inside the stream) is tried once more
+_POOL_SOURCES = {
+    "server": "the loaded model's parallel slots",
+    "max_parallel": "max_parallel in LM Studio Chat Options",
+    "default": "the server does not report its slots",
+}
 
 
-def _image_linked(hidden) -> bool:
-    """True when the workflow links something to `image` (an unlinked optional input is simply absent)."""
-    node = (hidden.prompt or {}).get(str(hidden.unique_id)) or {}
-    return isinstance(node.get("inputs", {}).get("image"), list)
+class _Aborted(Exception):
+    """Another item of the list failed with on_error = raise: this one stops too."""
 
 
-async def _run_stream(request: ChatRequest, relay: StreamRelay) -> None:
-    """Stream into `relay`, flushing every tick; on ComfyUI's Cancel close the stream and raise the interrupt."""
+class ItemChannel:
+    """One list item's line to the browser and the progress bar. Every message names the item and the list's length."""
+
+    def __init__(self, node_id: str, index: int, run: ListRun) -> None:
+        self.node_id, self.index, self.run = node_id, index, run
+        self._server = PromptServer.instance
+        self._client_id = self._server.client_id  # the browser tab that queued this prompt
+        self._bar = ProgressBar(100, node_id=node_id)
+
+    def send(self, chunk_type: str, content: str = "") -> None:
+        payload = {"node_id": self.node_id, "chunk_type": chunk_type, "content": content,
+                   "index": self.index, "count": self.run.count}
+        self._server.send_sync(STREAM_EVENT, payload, self._client_id)
+
+    def progress(self, fraction: float) -> None:
+        """This item's progress; the bar shows the whole list's (each finished item advances it by 1/count)."""
+        value = self.run.progress(self.index, fraction)
+        try:
+            self._bar.update_absolute(round(value * 100), 100)
+        except model_management.InterruptProcessingException:
+            prompt_state().interrupted = True  # ComfyUI's hook consumed the flag: keep it for the other items
+            raise
+
+    def state(self, state: str) -> None:
+        self.run.set(self.index, state)
+        self.send("item", state)
+        if state not in (QUEUED, RUNNING):
+            self.progress(1.0)
+
+
+def _list_index() -> int:
+    """This call's position in the list ComfyUI maps the node over (0 for a single run)."""
+    context = get_executing_context()
+    return (context.list_index or 0) if context is not None else 0
+
+
+def _stop_reason(run: ListRun) -> BaseException | None:
+    """Why this item must stop now, if it must: ComfyUI's Cancel (seen by any item), or another item's error."""
+    state = prompt_state()
+    if state.interrupted or model_management.processing_interrupted():
+        state.interrupted = True
+        return model_management.InterruptProcessingException()
+    if run.abort_message is not None:
+        return _Aborted(run.abort_message)
+    return None
+
+
+def _raise(reason: BaseException) -> None:
+    if isinstance(reason, model_management.InterruptProcessingException):
+        model_management.throw_exception_if_processing_interrupted()  # consumes the flag, as ComfyUI expects
+    raise reason
+
+
+async def _run_stream(request: ChatRequest, relay: StreamRelay, run: ListRun) -> None:
+    """Stream into `relay`, flushing every tick; on Cancel (or another item's error) close the stream and raise."""
 
     async def consume() -> None:
-        async with aclosing(stream_chat(request)) as events:
-            async for event in events:
-                relay.add(event)
+        async for event in stream_chat(request):
+            relay.add(event)
 
     task = asyncio.create_task(consume())
+    reason = None
     try:
         while not task.done():
             await asyncio.wait({task}, timeout=TICK_SECONDS)
-            if model_management.processing_interrupted():
+            if (reason := _stop_reason(run)) is not None:
                 break
             relay.flush()
     finally:
@@ -118,11 +130,79 @@ async def _run_stream(request: ChatRequest, relay: StreamRelay) -> None:
             task.cancel()
             await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
     relay.flush()
-    if task.cancelled() or model_management.processing_interrupted():
-        relay.send("status", "Cancelled")
-        model_management.throw_exception_if_processing_interrupted()  # consumes the flag, as ComfyUI expects
-        raise model_management.InterruptProcessingException()  # the flag was already consumed elsewhere
+    if reason is not None:
+        _raise(reason)
     task.result()  # re-raise the stream's error, if any
+
+
+async def _wait_for_slot(pool: SlotPool, channel: ItemChannel) -> None:
+    """Queue in the node (not in LM Studio, where the idle timeout would run) until a slot is free."""
+    if not pool.free():
+        channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
+    acquire = asyncio.ensure_future(pool.acquire())
+    try:
+        while not acquire.done():
+            await asyncio.wait({acquire}, timeout=QUEUE_POLL_SECONDS)
+            if not acquire.done() and (reason := _stop_reason(channel.run)) is not None:
+                _raise(reason)
+    finally:
+        if not acquire.done():
+            acquire.cancel()
+            await asyncio.wait({acquire})
+            if not acquire.cancelled():
+                pool.release()  # it got the slot just as it was cancelled
+
+
+async def _stream_item(request: ChatRequest, options: ChatOptions, relay: StreamRelay, channel: ItemChannel) -> None:
+    """Wait for a slot, stream, and try a transient failure once more; the slot is freed on every path."""
+    key = (normalize_server_url(request.server_url), request.model)
+    pool = await pool_for(key, options.max_parallel, lambda: parallel_slots(request))
+    await _wait_for_slot(pool, channel)
+    try:
+        channel.state(RUNNING)
+        for attempt in range(RETRIES + 1):
+            try:
+                await _run_stream(request, relay, channel.run)
+                return
+            except LMStudioError as exc:
+                if not exc.transient or attempt == RETRIES or _stop_reason(channel.run) is not None:
+                    raise
+                log.warning("LM Studio Chat (node %s, item %d): retrying after: %s", channel.node_id,
+                            channel.index, exc)
+                relay.reset()
+                channel.send("status", f"Retrying once after: {exc}")
+    finally:
+        pool.release()
+
+
+def _batch_notice(image, options: ChatOptions) -> str:
+    """What the user should know when a batch is not sent whole; empty when it is."""
+    count = int(image.shape[0]) if getattr(image, "shape", None) is not None and len(image.shape) == 4 else 1
+    if count > 1 and not options.send_all_images:
+        return (f"Only the first of {count} images was sent. For one answer per image put core's Rebatch Images "
+                "(batch_size 1) in front of this node; for one answer about all of them turn on send_all_images "
+                "in LM Studio Chat Options.")
+    if count > MAX_BATCH_IMAGES and options.send_all_images:
+        return f"Sent the first {MAX_BATCH_IMAGES} of {count} images (the most one message takes)."
+    return ""
+
+
+async def _encode(image, options: ChatOptions, channel: ItemChannel) -> tuple[bytes, ...]:
+    if image is None:
+        return ()
+    if notice := _batch_notice(image, options):
+        log.warning("LM Studio Chat (node %s): %s", channel.node_id, notice)
+        channel.send("notice", notice)
+    # JPEG encoding takes tens of milliseconds: keep it off the event loop.
+    jpegs = await asyncio.to_thread(encode_images, image, all_images=options.send_all_images,
+                                    max_side=options.max_image_side, quality=options.jpeg_quality)
+    return tuple(jpegs)
+
+
+def _free_comfy_vram(channel: ItemChannel) -> None:
+    channel.send("status", "Freeing ComfyUI's VRAM")
+    model_management.unload_all_models()
+    model_management.soft_empty_cache()
 
 
 class LMStudioStreamChat(io.ComfyNode):
@@ -132,7 +212,8 @@ class LMStudioStreamChat(io.ComfyNode):
             node_id="LMStudioStreamChat",
             display_name="LM Studio Chat",
             category="LM Studio",
-            description="Chat with a model served by LM Studio, streaming its reasoning and answer onto the node.",
+            description="Chat with a model served by LM Studio, streaming its reasoning and answer onto the node. "
+            "Given a list of images (a dataset folder, a rebatched batch) it answers each, in order.",
             inputs=[
                 io.String.Input("prompt", multiline=True, default="", tooltip="The user message sent to the model."),
                 io.String.Input(
@@ -146,7 +227,8 @@ class LMStudioStreamChat(io.ComfyNode):
                     options=[mode.value for mode in ConnectionMode],
                     default=ConnectionMode.SDK.value,
                     tooltip="SDK: the official lmstudio Python SDK (websocket). REST API: LM Studio's native "
-                    "/api/v1/chat (LM Studio 0.4+). OpenAI-compatible: /v1/chat/completions.",
+                    "/api/v1/chat (LM Studio 0.4+). OpenAI-compatible: /v1/chat/completions (LM Studio or any "
+                    "OpenAI-compatible server, such as llama.cpp's llama-server).",
                 ),
                 io.String.Input(
                     "server_url",
@@ -179,40 +261,8 @@ class LMStudioStreamChat(io.ComfyNode):
                     "image",
                     optional=True,
                     lazy=True,
-                    tooltip="Optional image for a vision model (captioning, prompt refinement). Sent as JPEG.",
-                ),
-                io.Boolean.Input(
-                    "send_all_images",
-                    optional=True,
-                    default=False,
-                    tooltip=f"Send every image of the batch in one message (at most {MAX_BATCH_IMAGES}); "
-                    "off sends only the first.",
-                ),
-                io.Int.Input(
-                    "max_image_side",
-                    optional=True,
-                    default=DEFAULT_MAX_SIDE,
-                    min=0,
-                    max=8192,
-                    step=64,
-                    tooltip="Shrink images so their long edge is at most this many pixels before sending "
-                    "(0 keeps the size; never enlarges). Smaller is faster and uses fewer vision tokens.",
-                ),
-                io.Int.Input(
-                    "jpeg_quality",
-                    optional=True,
-                    default=DEFAULT_JPEG_QUALITY,
-                    min=1,
-                    max=100,
-                    tooltip="JPEG quality of the image sent to the model (1-100).",
-                ),
-                io.Combo.Input(
-                    "on_error",
-                    optional=True,
-                    options=[ON_ERROR_OUTPUT, ON_ERROR_RAISE],
-                    default=ON_ERROR_OUTPUT,
-                    tooltip="output error text: the workflow goes on and response_text carries the error message. "
-                    "raise: stop the workflow with the error.",
+                    tooltip="Optional image for a vision model (captioning, prompt refinement), sent as JPEG. A list "
+                    "of images gets one answer each; of a batch only the first is sent (see the options).",
                 ),
                 io.String.Input(
                     "system_prompt",
@@ -220,15 +270,6 @@ class LMStudioStreamChat(io.ComfyNode):
                     multiline=True,
                     default="",
                     tooltip="Instructions that lead the chat (e.g. 'Answer with one short caption.'). Empty sends none.",
-                ),
-                io.Combo.Input(
-                    "reasoning",
-                    optional=True,
-                    options=REASONING_OPTIONS,
-                    default="auto",
-                    tooltip="How much the model should think. Sent in REST API mode only (LM Studio's `reasoning`; a "
-                    "model that does not support the setting answers with an error). SDK and OpenAI-compatible "
-                    "modes ignore it: the model's own default applies. auto sends nothing.",
                 ),
                 io.Int.Input(
                     "seed",
@@ -241,31 +282,11 @@ class LMStudioStreamChat(io.ComfyNode):
                     "the last answer. Sent to LM Studio in OpenAI-compatible mode only (`seed`); the SDK and the "
                     "REST API take no per-request seed.",
                 ),
-                io.Combo.Input(
-                    "after_run",
+                io.Custom(OPTIONS_TYPE).Input(
+                    "options",
                     optional=True,
-                    options=[KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE],
-                    default=KEEP_LOADED,
-                    tooltip="What happens to the LM Studio model afterwards. keep loaded: LM Studio's usual rules. "
-                    "unload: free its VRAM as soon as the answer is in (the node waits, at most 10 s, until LM Studio "
-                    "confirms). unload when idle: a model this node makes LM Studio load unloads after "
-                    "idle_ttl_minutes (SDK and OpenAI-compatible; the REST API has no TTL, LM Studio's own JIT TTL "
-                    "applies). OpenAI-compatible mode unloads through LM Studio's native API (LM Studio 0.4+).",
-                ),
-                io.Int.Input(
-                    "idle_ttl_minutes",
-                    optional=True,
-                    default=10,
-                    min=1,
-                    max=24 * 60,
-                    tooltip="For 'unload when idle': minutes without requests before LM Studio unloads the model.",
-                ),
-                io.Boolean.Input(
-                    "free_comfy_vram",
-                    optional=True,
-                    default=False,
-                    tooltip="Unload ComfyUI's own models from VRAM before asking LM Studio, so a large LLM fits. "
-                    "ComfyUI reloads them when the next node needs them.",
+                    tooltip="Rarely used settings from an LM Studio Chat Options node: image sending, error policy, "
+                    "reasoning, VRAM hand-back, list concurrency. Unconnected: the defaults.",
                 ),
             ],
             outputs=[
@@ -300,100 +321,111 @@ class LMStudioStreamChat(io.ComfyNode):
         max_tokens: int,
         debug_mode: bool,
         image=None,
-        send_all_images: bool = False,
-        max_image_side: int = DEFAULT_MAX_SIDE,
-        jpeg_quality: int = DEFAULT_JPEG_QUALITY,
-        on_error: str = ON_ERROR_OUTPUT,
         system_prompt: str = "",
-        reasoning: str = "auto",
         seed: int = 0,
-        after_run: str = KEEP_LOADED,
-        idle_ttl_minutes: int = 10,
-        free_comfy_vram: bool = False,
+        options: ChatOptions | None = None,
     ) -> io.NodeOutput:
+        options = options if isinstance(options, ChatOptions) else ChatOptions()
         node_id = str(cls.hidden.unique_id)
-        server = PromptServer.instance
-        client_id = server.client_id  # the browser tab that queued this prompt
-
-        def send(chunk_type: str, content: str) -> None:
-            server.send_sync(STREAM_EVENT, {"node_id": node_id, "chunk_type": chunk_type, "content": content}, client_id)
-
-        progress_bar = ProgressBar(100, node_id=node_id)
-        relay = StreamRelay(send, lambda fraction: progress_bar.update_absolute(round(fraction * 100), 100))
-        send("clear", "")
+        run = list_run(node_id)
+        index = _list_index()
+        run.start(index)
+        channel = ItemChannel(node_id, index, run)
+        relay = StreamRelay(channel.send, channel.progress)
+        channel.send("clear")
         try:
-            images = ()
-            if image is not None:
-                # JPEG encoding takes tens of milliseconds: keep it off the event loop.
-                images = tuple(
-                    await asyncio.to_thread(
-                        encode_images, image, all_images=send_all_images, max_side=max_image_side, quality=jpeg_quality
-                    )
-                )
             request = ChatRequest(
                 prompt=prompt,
                 server_url=server_url,
                 mode=ConnectionMode(connection_mode),
                 model=model_id.strip(),
                 system_prompt=system_prompt,
-                images=images,
+                images=await _encode(image, options, channel),
                 temperature=temperature,
                 max_tokens=max_tokens,
-                reasoning=reasoning,
+                reasoning=options.reasoning,
                 seed=seed,
-                ttl_seconds=idle_ttl_minutes * 60 if after_run == UNLOAD_WHEN_IDLE else None,
+                ttl_seconds=options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
                 api_token=api_token_from_env(),
             )
             if debug_mode:
-                log.info("LM Studio request from node %s: %s", node_id, request.describe())
-            if free_comfy_vram:
-                send("status", "Freeing ComfyUI's VRAM")
-                model_management.unload_all_models()
-                model_management.soft_empty_cache()
-            await _run_stream(request, relay)
+                log.info("LM Studio request from node %s, item %d: %s", node_id, index, request.describe())
+            if options.free_comfy_vram:
+                _free_comfy_vram(channel)
+            await _stream_item(request, options, relay, channel)
         except model_management.InterruptProcessingException:
-            send("done", "")
+            _finish(channel, CANCELLED, "Cancelled")
             raise
+        except _Aborted as exc:
+            _finish(channel, CANCELLED, "Stopped: another item failed")
+            raise RuntimeError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the error policy decides; nothing is swallowed silently
-            message = str(exc) if isinstance(exc, (LMStudioError, ValueError)) else f"{type(exc).__name__}: {exc}"
-            if debug_mode or not isinstance(exc, (LMStudioError, ValueError)):
-                log.exception("LM Studio Chat (node %s) failed", node_id)
-            else:
-                log.error("LM Studio Chat (node %s): %s", node_id, message)
-            send("error", message)
-            send("done", "")
-            if on_error == ON_ERROR_RAISE:
-                raise RuntimeError(message) from exc
-            reasoning_text = "".join(relay.reasoning)
-            return _output(f"Error: {message}", reasoning_text, f"error | mode: {connection_mode}", Stats(connection_mode))
+            return _failed(exc, options, channel, relay, connection_mode, debug_mode)
         stats = relay.stats or Stats(mode=connection_mode)
         summary = stats.summary()
-        send("stats", summary)
-        if after_run == UNLOAD and stats.model:
-            await _unload(request, stats.model, send)
-        send("done", "")
-        return _output("".join(relay.text), "".join(relay.reasoning), summary, stats)
+        channel.send("stats", summary)
+        if options.after_run == UNLOAD and stats.model and _last_active(run, index):
+            await _unload(request, stats.model, channel)
+        _finish(channel, DONE)
+        return _output(index, "".join(relay.text), "".join(relay.reasoning), summary, stats)
 
 
-async def _unload(request: ChatRequest, model: str, send: Send) -> None:
+def _image_linked(hidden) -> bool:
+    """True when the workflow links something to `image` (an unlinked optional input is simply absent)."""
+    node = (hidden.prompt or {}).get(str(hidden.unique_id)) or {}
+    return isinstance(node.get("inputs", {}).get("image"), list)
+
+
+def _last_active(run: ListRun, index: int) -> bool:
+    """Whether every other item of the list has ended: VRAM is handed back once, after the last answer."""
+    return all(state not in (QUEUED, RUNNING) for i, state in run.states.items() if i != index)
+
+
+def _finish(channel: ItemChannel, state: str, status: str = "") -> None:
+    channel.state(state)
+    if status:
+        channel.send("status", status)
+    channel.send("done")
+
+
+def _failed(
+    exc: Exception, options: ChatOptions, channel: ItemChannel, relay: StreamRelay, mode: str, debug_mode: bool
+) -> io.NodeOutput:
+    """Apply the error policy: the item's error text as its answer, or stop the whole list."""
+    human = isinstance(exc, (LMStudioError, ValueError))
+    message = str(exc) if human else f"{type(exc).__name__}: {exc}"
+    if debug_mode or not human:
+        log.exception("LM Studio Chat (node %s, item %d) failed", channel.node_id, channel.index)
+    else:
+        log.error("LM Studio Chat (node %s, item %d): %s", channel.node_id, channel.index, message)
+    channel.send("error", message)
+    _finish(channel, FAILED)
+    if options.on_error == ON_ERROR_RAISE:
+        channel.run.abort_message = channel.run.abort_message or message
+        raise RuntimeError(message) from exc
+    return _output(channel.index, f"Error: {message}", "".join(relay.reasoning), f"error | mode: {mode}", Stats(mode))
+
+
+async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> None:
     """Hand LM Studio's VRAM back; the answer stands whatever happens here."""
-    send("status", f"Unloading {model}")
+    channel.send("status", f"Unloading {model}")
     try:
         confirmed = await unload_model(request, model, confirm_seconds=UNLOAD_CONFIRM_SECONDS)
     except LMStudioError as exc:
         log.warning("LM Studio Chat: unloading %s failed: %s", model, exc)
-        send("error", f"The answer is complete, but unloading the model failed: {exc}")
+        channel.send("error", f"The answer is complete, but unloading the model failed: {exc}")
         return
     if confirmed:
-        send("status", f"Unloaded {model}")
+        channel.send("status", f"Unloaded {model}")
     else:
         log.warning("LM Studio Chat: %s was still loaded %.0f s after the unload request", model, UNLOAD_CONFIRM_SECONDS)
-        send("status", f"Asked LM Studio to unload {model}; not confirmed within {UNLOAD_CONFIRM_SECONDS:.0f} s")
+        channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {UNLOAD_CONFIRM_SECONDS:.0f} s")
 
 
-def _output(text: str, reasoning: str, summary: str, stats: Stats) -> io.NodeOutput:
-    # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answer.
-    ui = {"lmstudio": [{"text": text, "reasoning": reasoning, "stats": summary}]}
+def _output(index: int, text: str, reasoning: str, summary: str, stats: Stats) -> io.NodeOutput:
+    # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
+    # ComfyUI concatenates the items' `ui` lists in list order.
+    ui = {"lmstudio": [{"index": index, "text": text, "reasoning": reasoning, "stats": summary}]}
     figures = (
         float(stats.tokens_per_second or 0.0),
         float(stats.time_to_first_token or 0.0),
@@ -415,9 +447,10 @@ async def models_route(request: web.Request) -> web.Response:
     return web.json_response({"models": [asdict(model) for model in models], "error": None})
 
 
+
 class LMStudioExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LMStudioStreamChat]
+        return [LMStudioStreamChat, LMStudioChatOptions]
 
 
 async def comfy_entrypoint() -> LMStudioExtension:

@@ -81,7 +81,8 @@ class ThinkSplitter:
                 self._strip = True
                 continue
             keep = _partial_suffix(self._pending, tag)
-            ready, self._pending = self._pending[: len(self._pending) - keep], self._pending[len(self._pending) - keep :]
+            split = len(self._pending) - keep
+            ready, self._pending = self._pending[:split], self._pending[split:]
             yield from self._emit(ready)
             return
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lmstudio_pack.node import LMStudioStreamChat
+from lmstudio_pack.options_node import LMStudioChatOptions
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
 
@@ -23,21 +24,41 @@ CORE = {
     "VAEDecode": ({"samples": "LATENT", "vae": "VAE"}, [("IMAGE", "IMAGE")], 0),
     "SaveImage": ({"images": "IMAGE"}, [], 1),
     "PreviewImage": ({"images": "IMAGE"}, [], 0),
+    # comfy_extras/nodes_dataset.py and nodes_rebatch.py: list outputs; `texts` is a widget that takes a link.
+    "LoadImageDataSetFromFolder": ({}, [("images", "IMAGE")], 1),
+    "SaveImageTextDataSetToFolder": ({"images": "IMAGE", "texts": "STRING"}, [], 3),
+    "RebatchImages": ({"images": "IMAGE"}, [("IMAGE", "IMAGE")], 1),
 }
 
 
-def our_layout():
-    """Linkable inputs, outputs and widget values of our node, from its schema."""
-    schema = LMStudioStreamChat.GET_SCHEMA()
+WIDGET_TYPES = ("STRING", "COMBO", "INT", "FLOAT", "BOOLEAN")
+
+
+def our_layout(node_class=LMStudioStreamChat):
+    """Linkable inputs, outputs and widget values of one of our nodes, from its schema."""
+    schema = node_class.GET_SCHEMA()
     inputs = {i.id: i.io_type.replace("COMBO", "STRING") for i in schema.inputs}
     outputs = [(o.id, o.io_type) for o in schema.outputs]
-    widgets = [i for i in schema.inputs if i.io_type != "IMAGE"]
+    widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
     return inputs, outputs, widgets
 
 
-def test_there_are_three_examples():
-    assert [p.name for p in EXAMPLES] == ["caption_an_image.json", "generate_then_caption.json",
-                                          "refine_prompt_for_sdxl.json"]
+def test_the_examples():
+    assert [p.name for p in EXAMPLES] == ["caption_an_image.json", "caption_dataset_for_lora.json",
+                                          "generate_then_caption.json", "refine_prompt_for_sdxl.json",
+                                          "sdxl_batch_captions.json"]
+
+
+def test_list_examples_caption_every_image():
+    """The dataset example saves one caption per image; the batch example rebatches SDXL's 4 renders into a list."""
+    dataset = json.loads((EXAMPLES[1]).read_text())
+    types = {n["id"]: n["type"] for n in dataset["nodes"]}
+    chains = {(types[src], types[dst], link_type) for _, src, _, dst, _, link_type in dataset["links"]}
+    assert ("LoadImageDataSetFromFolder", "LMStudioStreamChat", "IMAGE") in chains
+    assert ("LMStudioStreamChat", "SaveImageTextDataSetToFolder", "STRING") in chains
+    batch = json.loads((EXAMPLES[4]).read_text())
+    by_type = {n["type"]: n for n in batch["nodes"]}
+    assert by_type["EmptyLatentImage"]["widgets_values"][2] == 4 and by_type["RebatchImages"]["widgets_values"] == [1]
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -56,10 +77,10 @@ def test_example_is_a_consistent_workflow(path):
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_nodes_fit_their_schemas(path):
-    our_inputs, our_outputs, our_widgets = our_layout()
     for node in json.loads(path.read_text())["nodes"]:
-        if node["type"] == "LMStudioStreamChat":
-            inputs, outputs = our_inputs, our_outputs
+        if node["type"] in ("LMStudioStreamChat", "LMStudioChatOptions"):
+            node_class = LMStudioStreamChat if node["type"] == "LMStudioStreamChat" else LMStudioChatOptions
+            inputs, outputs, our_widgets = our_layout(node_class)
             values = node["widgets_values"]
             expected = sum(2 if getattr(w, "control_after_generate", None) else 1 for w in our_widgets)
             assert len(values) == expected

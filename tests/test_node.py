@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict
 import logging
 import time
 
@@ -13,6 +14,7 @@ import torch
 import lmstudio_pack
 from fake_lmstudio import MODEL, openai_script, rest_script
 from lmstudio_pack.node import LMStudioStreamChat
+from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOptions
 from node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 
 # ------------------------------------------------------------------------------------------ registration
@@ -20,7 +22,7 @@ from node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 
 async def test_extension_lists_the_node_and_exports_no_v1_mappings():
     extension = await lmstudio_pack.comfy_entrypoint()
-    assert await extension.get_node_list() == [LMStudioStreamChat]
+    assert await extension.get_node_list() == [LMStudioStreamChat, LMStudioChatOptions]
     assert lmstudio_pack.WEB_DIRECTORY == "./web"
     assert not hasattr(lmstudio_pack, "NODE_CLASS_MAPPINGS")
 
@@ -41,19 +43,28 @@ def test_schema_contract():
     assert (by_id["max_tokens"].default, by_id["max_tokens"].min) == (-1, -1)
     assert by_id["prompt"].multiline
     for extra in schema.inputs[len(required):]:
-        assert extra.optional and (extra.io_type == "IMAGE" or extra.default is not None), extra.id
+        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE) or extra.default is not None), extra.id
     for item in schema.inputs:
         assert item.tooltip, item.id
     assert [(o.id, o.io_type) for o in schema.outputs] == [
         ("response_text", "STRING"), ("reasoning_text", "STRING"), ("statistics", "STRING"),
         ("tokens_per_second", "FLOAT"), ("time_to_first_token", "FLOAT"), ("input_tokens", "INT"),
         ("output_tokens", "INT"), ("reasoning_tokens", "INT")]
-    assert [i.id for i in schema.inputs[len(required):]] == [
-        "image", "send_all_images", "max_image_side", "jpeg_quality", "on_error", "system_prompt", "reasoning", "seed",
-        "after_run", "idle_ttl_minutes", "free_comfy_vram"]
+    assert [i.id for i in schema.inputs[len(required):]] == ["image", "system_prompt", "seed", "options"]
     assert by_id["seed"].control_after_generate is True
+    assert by_id["options"].io_type == OPTIONS_TYPE
     hidden = {h.value for h in schema.hidden}
     assert {"UNIQUE_ID", "PROMPT"} <= hidden
+
+
+def test_options_node_defaults_are_the_unconnected_defaults():
+    """The settings one socket away: the options node's widget defaults are what an unconnected socket means."""
+    schema = LMStudioChatOptions.GET_SCHEMA()
+    assert [(o.id, o.io_type) for o in schema.outputs] == [("options", OPTIONS_TYPE)]
+    defaults = {i.id: i.default for i in schema.inputs}
+    assert defaults == asdict(ChatOptions())
+    assert all(i.tooltip for i in schema.inputs)
+    assert LMStudioChatOptions.execute(**defaults).args == (ChatOptions(),)
 
 
 # ------------------------------------------------------------------------------------------ streaming
@@ -74,7 +85,7 @@ async def test_event_order_and_outputs_equal_the_deltas(lmstudio, comfy, mode):
     assert max(i for i, k in enumerate(kinds) if k == "reasoning") < min(i for i, k in enumerate(kinds) if k == "text")
     assert events()[-2] == ("stats", stats)
     assert f"mode: {mode}" in stats and f"model: {MODEL}" in stats
-    assert output.ui == {"lmstudio": [{"text": text, "reasoning": reasoning, "stats": stats}]}
+    assert output.ui == {"lmstudio": [{"index": 0, "text": text, "reasoning": reasoning, "stats": stats}]}
 
 
 async def test_rest_statistics_string(lmstudio, comfy):

@@ -4,7 +4,7 @@ from aiohttp import web
 
 
 class PromptServer:
-    instance: "PromptServer | None" = None
+    instance: "PromptServer" = None  # type: ignore[assignment]  # set by __init__, as in ComfyUI
 
     def __init__(self, loop=None) -> None:
         PromptServer.instance = self

@@ -142,6 +142,20 @@ class Combo:
             self.upload, self.image_folder = upload, image_folder
 
 
+def Custom(io_type: str) -> type:
+    """A socket type of the node pack's own, with `Input` and `Output` (0.8.0 `_io.Custom`)."""
+
+    class CustomType:
+        class Input(Input):
+            pass
+
+        class Output(Output):
+            pass
+
+    CustomType.Input.io_type = CustomType.Output.io_type = io_type
+    return CustomType
+
+
 class Image:
     class Input(Input):
         io_type = "IMAGE"
@@ -197,7 +211,7 @@ class NodeOutput:
 
 
 class ComfyNode:
-    hidden: HiddenHolder | None = None  # None outside an execution, as in ComfyUI
+    hidden: HiddenHolder = None  # type: ignore[assignment]  # None outside an execution, as in ComfyUI
 
     @classmethod
     def define_schema(cls) -> Schema:

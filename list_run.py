@@ -1,0 +1,67 @@
+"""The items of one node in one prompt, and what all items of a prompt share. No ComfyUI imports.
+
+ComfyUI calls a node once per list item and starts every async call at once, all with the same node id. The
+items learn of each other here: how long the list is, how far it got, which failed, and whether the run must
+stop. ComfyUI's interrupt flag is consumed by the first item that raises on it, so the first item to see it
+latches it here for every item of the prompt. State lives per event loop, i.e. per prompt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from dataclasses import dataclass, field
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = "queued", "running", "done", "failed", "cancelled"
+
+
+@dataclass
+class ListRun:
+    """One node's items in one prompt: their states and progress, and a stop reason shared by all of them."""
+
+    states: dict[int, str] = field(default_factory=dict)
+    fractions: dict[int, float] = field(default_factory=dict)
+    abort_message: str | None = None  # set by an item whose error policy stops the whole run
+
+    def start(self, index: int) -> None:
+        self.states[index] = QUEUED
+        self.fractions[index] = 0.0
+
+    @property
+    def count(self) -> int:
+        """Items started so far: every item of a list is started within the same few loop turns."""
+        return max(len(self.states), max(self.states, default=-1) + 1)
+
+    def set(self, index: int, state: str) -> None:
+        self.states[index] = state
+        if state != QUEUED and state != RUNNING:
+            self.fractions[index] = 1.0
+
+    def progress(self, index: int, fraction: float) -> float:
+        """Record one item's progress; the list's progress, 0 to 1 (each finished item counts 1/count)."""
+        self.fractions[index] = min(max(fraction, 0.0), 1.0)
+        return sum(self.fractions.values()) / max(self.count, 1)
+
+    def tally(self, state: str) -> int:
+        return sum(1 for s in self.states.values() if s == state)
+
+    def failed(self) -> list[int]:
+        return sorted(i for i, s in self.states.items() if s == FAILED)
+
+
+@dataclass
+class PromptState:
+    interrupted: bool = False
+    runs: dict[str, ListRun] = field(default_factory=dict)
+
+
+_prompts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PromptState] = weakref.WeakKeyDictionary()
+
+
+def prompt_state() -> PromptState:
+    """The running prompt's shared state (ComfyUI runs each prompt in a fresh event loop)."""
+    return _prompts.setdefault(asyncio.get_running_loop(), PromptState())
+
+
+def list_run(node_id: str) -> ListRun:
+    return prompt_state().runs.setdefault(node_id, ListRun())

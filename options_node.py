@@ -1,0 +1,126 @@
+"""LM Studio Chat Options: the rarely used settings, one socket away from the chat node.
+
+Core's "OpenAI ChatGPT Advanced Options" and comfyui-ollama's Options node set the convention: the chat node
+shows what people set on every run, and an optional socket takes the rest. With nothing connected the chat node
+uses `ChatOptions()`, whose defaults are the ones the settings had when they sat on the chat node itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from comfy_api.latest import io
+
+from .slots import DEFAULT_PARALLEL
+from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES
+
+OPTIONS_TYPE = "LMSTUDIO_CHAT_OPTIONS"
+ON_ERROR_OUTPUT, ON_ERROR_RAISE = "output error text", "raise"
+KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE = "keep loaded", "unload", "unload when idle"
+REASONING_OPTIONS = ["auto", "off", "low", "medium", "high", "on"]
+
+
+@dataclass(frozen=True)
+class ChatOptions:
+    """What travels on the options socket. A frozen dataclass: ComfyUI's cache compares it by value."""
+
+    send_all_images: bool = False
+    max_image_side: int = DEFAULT_MAX_SIDE
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
+    on_error: str = ON_ERROR_OUTPUT
+    reasoning: str = "auto"
+    after_run: str = KEEP_LOADED
+    idle_ttl_minutes: int = 10
+    free_comfy_vram: bool = False
+    max_parallel: int = 0  # 0: as many as the server's `parallel` slots
+
+
+class LMStudioChatOptions(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="LMStudioChatOptions",
+            display_name="LM Studio Chat Options",
+            category="LM Studio",
+            description="Settings for LM Studio Chat that most runs leave alone: image sending, errors, reasoning, "
+            "VRAM and how many list items LM Studio works on at once. Connect to the chat node's options input.",
+            inputs=[
+                io.Boolean.Input(
+                    "send_all_images",
+                    default=False,
+                    tooltip=f"Send every image of a batch in one message (at most {MAX_BATCH_IMAGES}) for one answer "
+                    "about all of them. Off sends only the first. For one answer per image, put core's Rebatch "
+                    "Images (batch_size 1) in front of the chat node instead.",
+                ),
+                io.Int.Input(
+                    "max_image_side",
+                    default=DEFAULT_MAX_SIDE,
+                    min=0,
+                    max=8192,
+                    step=64,
+                    tooltip="Shrink images so their long edge is at most this many pixels before sending "
+                    "(0 keeps the size; never enlarges). Smaller is faster and uses fewer vision tokens.",
+                ),
+                io.Int.Input(
+                    "jpeg_quality",
+                    default=DEFAULT_JPEG_QUALITY,
+                    min=1,
+                    max=100,
+                    tooltip="JPEG quality of the image sent to the model (1-100).",
+                ),
+                io.Combo.Input(
+                    "on_error",
+                    options=[ON_ERROR_OUTPUT, ON_ERROR_RAISE],
+                    default=ON_ERROR_OUTPUT,
+                    tooltip="output error text: the workflow goes on and response_text carries the error message "
+                    "(in a list, only the failed items do). raise: stop the workflow, and every item of the list, "
+                    "with the error.",
+                ),
+                io.Combo.Input(
+                    "reasoning",
+                    options=REASONING_OPTIONS,
+                    default="auto",
+                    tooltip="How much the model should think. Sent in REST API mode only (LM Studio's `reasoning`; a "
+                    "model that does not support the setting answers with an error). SDK and OpenAI-compatible "
+                    "modes ignore it: the model's own default applies. auto sends nothing.",
+                ),
+                io.Combo.Input(
+                    "after_run",
+                    options=[KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE],
+                    default=KEEP_LOADED,
+                    tooltip="What happens to the LM Studio model afterwards. keep loaded: LM Studio's usual rules. "
+                    "unload: free its VRAM as soon as the answer is in (after the last item of a list; the node "
+                    "waits, at most 10 s, until LM Studio confirms). unload when idle: a model this node makes LM "
+                    "Studio load unloads after idle_ttl_minutes (SDK and OpenAI-compatible; the REST API has no "
+                    "TTL, LM Studio's own JIT TTL applies).",
+                ),
+                io.Int.Input(
+                    "idle_ttl_minutes",
+                    default=10,
+                    min=1,
+                    max=24 * 60,
+                    tooltip="For 'unload when idle': minutes without requests before LM Studio unloads the model.",
+                ),
+                io.Boolean.Input(
+                    "free_comfy_vram",
+                    default=False,
+                    tooltip="Unload ComfyUI's own models from VRAM before asking LM Studio, so a large LLM fits. "
+                    "ComfyUI reloads them when the next node needs them.",
+                ),
+                io.Int.Input(
+                    "max_parallel",
+                    default=0,
+                    min=0,
+                    max=64,
+                    tooltip="Most list items LM Studio works on at once, per server and model (the rest wait in the "
+                    "node, shown as queued). 0: the loaded model's `parallel` slots as LM Studio reports them "
+                    "(llama.cpp: its slots); where the server does not say (a model not loaded yet, another "
+                    f"OpenAI-compatible server) {DEFAULT_PARALLEL}.",
+                ),
+            ],
+            outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],
+        )
+
+    @classmethod
+    def execute(cls, **settings: object) -> io.NodeOutput:
+        return io.NodeOutput(ChatOptions(**settings))  # type: ignore[arg-type]  # the schema types every value
