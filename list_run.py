@@ -48,6 +48,9 @@ class ListRun:
     def failed(self) -> list[int]:
         return sorted(i for i, s in self.states.items() if s == FAILED)
 
+    def active(self) -> bool:
+        return any(s in (QUEUED, RUNNING) for s in self.states.values())
+
 
 @dataclass
 class PromptState:
@@ -63,5 +66,9 @@ def prompt_state() -> PromptState:
     return _prompts.setdefault(asyncio.get_running_loop(), PromptState())
 
 
-def list_run(node_id: str) -> ListRun:
-    return prompt_state().runs.setdefault(node_id, ListRun())
+def list_run(node_id: str, index: int) -> ListRun:
+    """The node's run in this prompt; item 0 with no item active starts a new one (a node runs once per prompt)."""
+    runs = prompt_state().runs
+    if node_id not in runs or (index == 0 and not runs[node_id].active()):
+        runs[node_id] = ListRun()
+    return runs[node_id]

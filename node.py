@@ -137,8 +137,10 @@ async def _run_stream(request: ChatRequest, relay: StreamRelay, run: ListRun) ->
 
 async def _wait_for_slot(pool: SlotPool, channel: ItemChannel) -> None:
     """Queue in the node (not in LM Studio, where the idle timeout would run) until a slot is free."""
-    if not pool.free():
-        channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
+    if pool.free():
+        await pool.acquire()  # a free slot is taken without suspending: no other item can take it meanwhile
+        return
+    channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
     acquire = asyncio.ensure_future(pool.acquire())
     try:
         while not acquire.done():
@@ -327,8 +329,8 @@ class LMStudioStreamChat(io.ComfyNode):
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
         node_id = str(cls.hidden.unique_id)
-        run = list_run(node_id)
         index = _list_index()
+        run = list_run(node_id, index)
         run.start(index)
         channel = ItemChannel(node_id, index, run)
         relay = StreamRelay(channel.send, channel.progress)

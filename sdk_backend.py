@@ -1,23 +1,26 @@
 """The SDK connection mode: LM Studio's official `lmstudio` package (`AsyncClient`, websocket). No ComfyUI imports.
 
-Yields the same events as the HTTP backends. Two things the SDK needs that the HTTP backends do not:
-- The SDK's stream is an async generator that closes its channel *without* telling LM Studio when a
-  CancelledError reaches it, and LM Studio then generates on. So every step of the SDK's stream runs in its own
-  small task: our cancellation never reaches the SDK's generator, and on cancel we send `await stream.cancel()`
-  and drain to the `userStopped` result, as the SDK requires (lmstudio-facts.md 1.10).
-- Progress callbacks are synchronous and fire while a step is pending: they queue up and are yielded every
-  `POLL_SECONDS` while the step runs.
+Yields the same events as the HTTP backends. The work runs on the SDK's own loop (`sdk_runtime`), over a client
+kept between runs; events come back through a `Handoff`. What the SDK needs that the HTTP backends do not:
+- Stopping: cancelling the SDK's stream iterator closes its channel *without* telling LM Studio, which then
+  generates on (lmstudio-facts.md 1.10). So nothing cancels the iteration: a stop sends `await stream.cancel()`
+  and the iteration runs on to the `userStopped` result. Only if LM Studio does not answer within
+  `CANCEL_DRAIN_SECONDS` is the run cancelled outright.
+- Reconnecting: a dropped connection kills an `AsyncClient` for good (facts 0.14). A run that finds its kept
+  client dead opens one fresh client and tries again, but only before its prediction was sent: a prediction
+  that already started is never sent twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
-import time
-from collections import deque
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+import aiohttp
 import lmstudio as lms
 
 from .chat import (
@@ -34,12 +37,15 @@ from .chat import (
     idle_timeout,
     model_not_found,
     no_model_loaded,
+    not_lmstudio,
     not_vision_capable,
     stream_dropped,
 )
+from .sdk_runtime import RUNTIME, ClientKey, Handoff, KeptClient
 from .utils import normalize_server_url, sdk_api_host
 
-POLL_SECONDS = 0.1
+log = logging.getLogger("lmstudio_stream")
+
 CANCEL_DRAIN_SECONDS = 0.5
 # A model this node makes LM Studio load is unloaded after an idle hour: the same TTL LM Studio gives its own
 # just-in-time loads through the REST and OpenAI-compatible APIs, so all three modes leave VRAM the same way.
@@ -47,84 +53,8 @@ CANCEL_DRAIN_SECONDS = 0.5
 LOAD_TTL_SECONDS = 3600
 REASONING_TYPES = {"reasoning", "reasoningStartTag", "reasoningEndTag"}
 _SDK_ACCEPTS_TOKEN = "api_token" in inspect.signature(lms.AsyncClient).parameters
-
-async def _progress_while(task: asyncio.Future, progress: deque[Progress], idle: float) -> AsyncIterator[Progress]:
-    """Yield the queued progress until `task` is done; TimeoutError after `idle` seconds without any news."""
-    deadline = time.monotonic() + idle
-    while not task.done():
-        await asyncio.wait({task}, timeout=POLL_SECONDS)
-        if progress:
-            deadline = time.monotonic() + idle
-        while progress:
-            yield progress.popleft()
-        if not task.done() and time.monotonic() > deadline:
-            raise TimeoutError
-    while progress:
-        yield progress.popleft()
-
-
-async def _next_fragment(fragments: AsyncIterator[Any]) -> Any | None:
-    """The next fragment, or None at the end (StopAsyncIteration cannot leave a task cleanly)."""
-    try:
-        return await anext(fragments)
-    except StopAsyncIteration:
-        return None
-
-
-def _failed(task: asyncio.Future | None) -> bool:
-    return task is not None and task.done() and not task.cancelled() and task.exception() is not None
-
-
-async def _cancel_and_drain(stream: Any, pending: asyncio.Future | None) -> None:
-    """Tell LM Studio to stop, then read on to its `userStopped` result so the channel closes cleanly."""
-
-    async def cancel_and_read_to_end() -> None:
-        await stream.cancel()
-        if pending is not None:
-            await asyncio.wait({pending})
-        async for _ in stream:
-            pass
-
-    try:
-        await asyncio.wait_for(cancel_and_read_to_end(), CANCEL_DRAIN_SECONDS)
-    except (asyncio.TimeoutError, lms.LMStudioError):
-        pass  # LM Studio got the cancel; the client closes the channel on exit either way
-    finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
-
-
-def _client(host: str, request: ChatRequest) -> Any:
-    """One SDK client for one run (ComfyUI gives every prompt a fresh event loop), with the token if it can take one."""
-    token = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
-    return lms.AsyncClient(host, **token)
-
-
-async def _model(client: Any, request: ChatRequest, progress: deque[Progress]) -> Any:
-    if not request.model:
-        return await client.llm.model()
-
-    loading = False
-
-    def on_load(fraction: float) -> None:
-        nonlocal loading
-        # The SDK reports 1.0 for a model that was already loaded too: only a real load shows progress.
-        loading = loading or fraction < 1.0
-        if loading:
-            progress.append(Progress("model_load", fraction))
-
-    ttl = request.ttl_seconds or LOAD_TTL_SECONDS
-    return await client.llm.model(request.model, ttl=ttl, on_load_progress=on_load)
-
-
-async def _model_listing(client: Any) -> str:
-    """What is loaded and what is downloaded, for a model-not-found message."""
-    try:
-        loaded = [m.identifier for m in await client.llm.list_loaded()]
-        downloaded = [m.model_key for m in await client.llm.list_downloaded()]
-    except lms.LMStudioError:
-        return ""
-    return f"Loaded: {', '.join(loaded) or 'none'}. Downloaded: {', '.join(downloaded) or 'none'}."
+_MODEL_NOT_FOUND_CODES = ("generic.pathNotFound", "generic.noModelMatchingQuery")
+_END = object()
 
 
 def _detail(exc: BaseException) -> str:
@@ -139,104 +69,6 @@ def _error_code(exc: BaseException) -> str:
     return str(display.get("code", "")) if isinstance(display, dict) else ""
 
 
-async def stream_sdk(request: ChatRequest) -> AsyncIterator[StreamEvent]:
-    """Stream one chat turn through the lmstudio SDK; raises `LMStudioError` with a human message on failure."""
-    try:
-        base = normalize_server_url(request.server_url)
-        host = sdk_api_host(base)
-    except ValueError as exc:
-        raise LMStudioError(str(exc)) from None
-    if base.startswith("https://"):
-        raise LMStudioError("The SDK mode speaks plain ws:// only: use REST API or OpenAI-compatible for https URLs.")
-    progress: deque[Progress] = deque()
-    received = 0
-    connected = False
-    try:
-        async with _client(host, request) as client:
-            connected = True
-            loading = asyncio.ensure_future(_model(client, request, progress))
-            try:
-                async for event in _progress_while(loading, progress, request.idle_timeout):
-                    yield event
-                model = loading.result()
-            except lms.LMStudioServerError as exc:
-                if _error_code(exc) in ("generic.pathNotFound", "generic.noModelMatchingQuery") or isinstance(
-                    exc, lms.LMStudioModelNotFoundError
-                ):
-                    raise model_not_found(request.model, f"{_detail(exc)}. {await _model_listing(client)}") from exc
-                raise
-            finally:
-                if not loading.done():
-                    loading.cancel()
-            if request.images and not (await model.get_info()).vision:
-                raise not_vision_capable(model.identifier)
-            images = [
-                await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
-                for index, jpeg in enumerate(request.images)
-            ]
-            chat = lms.Chat(request.system_prompt) if request.system_prompt else lms.Chat()
-            chat.add_user_message(request.prompt, images=images)
-            # Only keys the SDK honours: it silently drops unknown ones (`topP`, `seed`).
-            config: dict[str, Any] = {"temperature": request.temperature}
-            if request.max_tokens >= 0:
-                config["maxTokens"] = request.max_tokens
-
-            def on_prompt(fraction: float) -> None:
-                progress.append(Progress("prompt_processing", fraction))
-
-            stream = await model.respond_stream(chat, config=config, on_prompt_processing_progress=on_prompt)
-            async for event in _fragments(stream, progress, request.idle_timeout, model.identifier):
-                if isinstance(event, (TextDelta, ReasoningDelta)):
-                    received += len(event.text)
-                yield event
-    except LMStudioError:
-        raise
-    except TimeoutError:
-        raise idle_timeout(f"ws://{host}", received) from None
-    except lms.LMStudioWebsocketError as exc:
-        if connected:
-            raise stream_dropped(received) from exc
-        raise connection_failed(base, f"the SDK websocket ws://{host} was refused") from exc
-    except lms.LMStudioChannelClosedError as exc:
-        raise stream_dropped(received) from exc
-    except lms.LMStudioClientError as exc:
-        message = str(exc)
-        if "not reachable" in message:
-            raise connection_failed(base, f"SDK probe http://{host}/lmstudio-greeting") from exc
-        if "No models are currently loaded" in message:
-            raise no_model_loaded() from exc
-        raise LMStudioError(f"LM Studio SDK error: {_detail(exc)}") from exc
-    except lms.LMStudioServerError as exc:
-        if "Authentication failed" in str(exc):
-            sent = "it rejected the token sent." if request.api_token else "none was sent."
-            raise auth_required(sent) from exc
-        raise LMStudioError(f"LM Studio reported an error: {_detail(exc)}") from exc
-    except lms.LMStudioValueError as exc:
-        raise LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}") from exc
-    except ValueError as exc:
-        if not connected:
-            # lmstudio 1.5 crashes this way when the server rejects the websocket authentication.
-            raise _token_unsupported(request) from exc
-        raise
-
-
-async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:
-    """Unload a model instance through the SDK and wait until LM Studio no longer lists it."""
-    try:
-        async with _client(sdk_api_host(request.server_url), request) as client:
-            await client.llm.unload(identifier)
-            deadline = time.monotonic() + confirm_seconds
-            while identifier in [m.identifier for m in await client.llm.list_loaded()]:
-                if time.monotonic() >= deadline:
-                    return False
-                await asyncio.sleep(poll_seconds)
-            return True
-    except lms.LMStudioModelNotFoundError:
-        return True  # already gone
-    except lms.LMStudioError as exc:
-        raise LMStudioError(f"LM Studio could not unload '{identifier}': {_detail(exc)}") from exc
-
-
 def _token_unsupported(request: ChatRequest) -> LMStudioError:
     have = "is set, but" if request.api_token else "is not set, and"
     return LMStudioError(
@@ -246,42 +78,261 @@ def _token_unsupported(request: ChatRequest) -> LMStudioError:
     )
 
 
-async def _fragments(stream: Any, progress: deque[Progress], idle: float, model: str) -> AsyncIterator[StreamEvent]:
-    """The prediction's fragments as events, then the statistics; if stopped early, stop LM Studio properly."""
-    fragments = stream.__aiter__()
-    reasoning_tokens = 0
-    pending: asyncio.Future | None = None
-    finished = False
+def _endpoint(request: ChatRequest) -> tuple[str, str]:
+    """(base URL, SDK host:port) of the request's server."""
     try:
-        while True:
-            pending = asyncio.ensure_future(_next_fragment(fragments))
-            async for event in _progress_while(pending, progress, idle):
-                yield event
-            fragment = pending.result()
-            if fragment is None:
-                break
+        base = normalize_server_url(request.server_url)
+    except ValueError as exc:
+        raise LMStudioError(str(exc)) from None
+    if base.startswith("https://"):
+        raise LMStudioError("The SDK mode speaks plain ws:// only: use REST API or OpenAI-compatible for https URLs.")
+    return base, sdk_api_host(base)
+
+
+async def _greet(base: str, request: ChatRequest) -> None:
+    """LM Studio's greeting, with the HTTP modes' connect timeout (the SDK's own probe gives up after 1 s)."""
+    url = f"{base}/lmstudio-greeting"
+    timeout = aiohttp.ClientTimeout(total=request.connect_timeout)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.get(url) as response:
+            body = await response.json(content_type=None) if response.status == 200 else None
+    except aiohttp.ClientConnectorError as exc:
+        reason = exc.os_error.strerror if exc.os_error else str(exc)
+        raise connection_failed(base, f"SDK probe {url}: {reason}") from exc
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+            raise connection_failed(base, f"SDK probe {url}: no answer within {request.connect_timeout:g} s") from exc
+        body = None
+    if not (isinstance(body, dict) and body.get("lmstudio") is True):
+        raise not_lmstudio(base, "it does not answer LM Studio's greeting (/lmstudio-greeting), which the SDK needs")
+
+
+@contextlib.asynccontextmanager
+async def _opened_client(base: str, host: str, request: ChatRequest) -> AsyncIterator[Any]:
+    await _greet(base, request)
+    token = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
+    async with lms.AsyncClient(host, **token) as client:
+        yield client
+
+
+class _Run:
+    """One chat turn on the SDK's loop. Owns no connection: it borrows the kept client for its server and token."""
+
+    def __init__(self, request: ChatRequest, base: str, host: str, handoff: Any) -> None:
+        self.request, self.base, self.host, self.handoff = request, base, host, handoff
+        self.key: ClientKey = (host, request.api_token)
+        self.task: asyncio.Task | None = None
+        self.stream: Any = None
+        self.connected = self.started = self.stopping = False
+        self.received = 0
+
+    async def main(self) -> None:
+        self.task = asyncio.current_task()
+        try:
+            await self._attempts()
+        except asyncio.CancelledError:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - every failure reaches the run's loop, explained
+            self.handoff.put(self._explain(exc))
+            return
+        self.handoff.put(_END)
+
+    async def _attempts(self) -> None:
+        for attempt in range(2):
+            kept, client = await RUNTIME.client(self.key, lambda: _opened_client(self.base, self.host, self.request))
+            self.connected = True
+            try:
+                await self._chat(client)
+                return
+            except (lms.LMStudioWebsocketError, lms.LMStudioChannelClosedError):
+                await RUNTIME.discard(self.key, kept)
+                if self.started or attempt == 1 or self.stopping:
+                    raise
+                log.info("LM Studio SDK: the kept connection to %s was dead; opening a fresh one", self.host)
+            finally:
+                RUNTIME.release(kept)
+
+    def stop(self) -> None:
+        """On the SDK's loop: tell LM Studio to stop, or stop waiting for a load or an upload at once."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.stream is not None:
+            asyncio.ensure_future(self._cancel_stream())
+        elif self.task is not None:
+            self.task.cancel()
+
+    async def _cancel_stream(self) -> None:
+        with contextlib.suppress(lms.LMStudioError):
+            await self.stream.cancel()
+        await asyncio.sleep(CANCEL_DRAIN_SECONDS)
+        if self.task is not None and not self.task.done():
+            self.task.cancel()  # LM Studio did not finish with `userStopped` in time
+
+    async def _model(self, client: Any) -> Any:
+        if not self.request.model:
+            return await client.llm.model()
+        loading = False
+
+        def on_load(fraction: float) -> None:
+            nonlocal loading
+            # The SDK reports 1.0 for a model that was already loaded too: only a real load shows progress.
+            loading = loading or fraction < 1.0
+            if loading:
+                self.handoff.put(Progress("model_load", fraction))
+
+        ttl = self.request.ttl_seconds or LOAD_TTL_SECONDS
+        try:
+            return await client.llm.model(self.request.model, ttl=ttl, on_load_progress=on_load)
+        except lms.LMStudioServerError as exc:
+            if _error_code(exc) in _MODEL_NOT_FOUND_CODES or isinstance(exc, lms.LMStudioModelNotFoundError):
+                raise model_not_found(self.request.model, f"{_detail(exc)}. {await _model_listing(client)}") from exc
+            raise
+
+    async def _chat(self, client: Any) -> None:
+        request = self.request
+        model = await self._model(client)
+        if request.images and not (await model.get_info()).vision:
+            raise not_vision_capable(model.identifier)
+        images = [
+            await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
+            for index, jpeg in enumerate(request.images)
+        ]
+        chat = lms.Chat(request.system_prompt) if request.system_prompt else lms.Chat()
+        chat.add_user_message(request.prompt, images=images)
+        # Only keys the SDK honours: it silently drops unknown ones (`topP`, `seed`).
+        config: dict[str, Any] = {"temperature": request.temperature}
+        if request.max_tokens >= 0:
+            config["maxTokens"] = request.max_tokens
+
+        def on_prompt(fraction: float) -> None:
+            self.handoff.put(Progress("prompt_processing", fraction))
+
+        if self.stopping:
+            raise asyncio.CancelledError
+        self.started = True
+        self.stream = await model.respond_stream(chat, config=config, on_prompt_processing_progress=on_prompt)
+        reasoning_tokens = 0
+        put = self.handoff.put
+        async for fragment in self.stream:
             kind = fragment.reasoning_type
             if kind in REASONING_TYPES:
                 reasoning_tokens += fragment.tokens_count
             if kind == "reasoning":
-                yield ReasoningDelta(fragment.content)
+                self.received += len(fragment.content)
+                put(ReasoningDelta(fragment.content))
             elif kind == "none":
-                yield TextDelta(fragment.content)
-        finished = True
-    finally:
-        # Cancelled, closed or timed out (not failed): LM Studio would go on generating unless told to stop.
-        if not finished and not _failed(pending):
-            await _cancel_and_drain(stream, pending)
-    stats = stream.result().stats
-    yield Finished(
-        Stats(
+                self.received += len(fragment.content)
+                put(TextDelta(fragment.content))
+        stats = self.stream.result().stats
+        put(Finished(Stats(
             mode="SDK",
-            model=model,
+            model=model.identifier,
             tokens_per_second=stats.tokens_per_second,
             time_to_first_token=stats.time_to_first_token_sec,
             input_tokens=stats.prompt_tokens_count,
             output_tokens=stats.predicted_tokens_count,
             reasoning_tokens=reasoning_tokens,
             stop_reason=stats.stop_reason,
-        )
-    )
+        )))
+
+    def _explain(self, exc: BaseException) -> BaseException:
+        """The human message for an SDK failure."""
+        request, base, host = self.request, self.base, self.host
+        if isinstance(exc, LMStudioError):
+            return exc
+        if isinstance(exc, lms.LMStudioWebsocketError):
+            if self.connected:
+                return stream_dropped(self.received)
+            return connection_failed(base, f"the SDK websocket ws://{host} was refused")
+        if isinstance(exc, lms.LMStudioChannelClosedError):
+            return stream_dropped(self.received)
+        if isinstance(exc, lms.LMStudioClientError):
+            message = str(exc)
+            if "not reachable" in message:
+                return connection_failed(base, f"SDK probe http://{host}/lmstudio-greeting")
+            if "No models are currently loaded" in message:
+                return no_model_loaded()
+            return LMStudioError(f"LM Studio SDK error: {_detail(exc)}")
+        if isinstance(exc, lms.LMStudioServerError):
+            if "Authentication failed" in str(exc):
+                return auth_required("it rejected the token sent." if request.api_token else "none was sent.")
+            # An error inside the prediction (an engine crash, say) is worth one more try; others are not.
+            return LMStudioError(f"LM Studio reported an error: {_detail(exc)}", transient=self.started)
+        if isinstance(exc, lms.LMStudioValueError):
+            return LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}")
+        if isinstance(exc, ValueError) and not self.connected:
+            # lmstudio 1.5 crashes this way when the server rejects the websocket authentication.
+            return _token_unsupported(request)
+        return exc
+
+
+async def _model_listing(client: Any) -> str:
+    """What is loaded and what is downloaded, for a model-not-found message."""
+    try:
+        loaded = [m.identifier for m in await client.llm.list_loaded()]
+        downloaded = [m.model_key for m in await client.llm.list_downloaded()]
+    except lms.LMStudioError:
+        return ""
+    return f"Loaded: {', '.join(loaded) or 'none'}. Downloaded: {', '.join(downloaded) or 'none'}."
+
+
+async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    """Stream one chat turn through the lmstudio SDK; raises `LMStudioError` with a human message on failure."""
+    base, host = _endpoint(request)
+    handoff = Handoff(asyncio.get_running_loop())
+    run = _Run(request, base, host, handoff)
+    job = RUNTIME.submit(run.main())
+    ended = False
+    try:
+        while True:
+            try:
+                batch = await asyncio.wait_for(handoff.get_batch(), request.idle_timeout)
+            except asyncio.TimeoutError:
+                raise idle_timeout(f"ws://{host}", run.received) from None
+            for item in batch:
+                if item is _END:
+                    ended = True
+                    return
+                if isinstance(item, BaseException):
+                    ended = True
+                    raise item
+                yield item
+    finally:
+        if not ended:
+            # Closed early (Cancel, an idle timeout): LM Studio must be told to stop, then the run drains.
+            RUNTIME.call_soon(run.stop)
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.wrap_future(job), CANCEL_DRAIN_SECONDS + 0.2)
+
+
+async def _unload(request: ChatRequest, identifier: str, confirm_seconds: float, poll_seconds: float) -> bool:
+    base, host = _endpoint(request)
+    key: ClientKey = (host, request.api_token)
+    kept: KeptClient | None = None
+    try:
+        kept, client = await RUNTIME.client(key, lambda: _opened_client(base, host, request))
+        await client.llm.unload(identifier)
+        deadline = asyncio.get_running_loop().time() + confirm_seconds
+        while identifier in [m.identifier for m in await client.llm.list_loaded()]:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(poll_seconds)
+        return True
+    except lms.LMStudioModelNotFoundError:
+        return True  # already gone
+    except lms.LMStudioError as exc:
+        raise LMStudioError(f"LM Studio could not unload '{identifier}': {_detail(exc)}") from exc
+    finally:
+        if kept is not None:
+            RUNTIME.release(kept)
+
+
+async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:
+    """Unload a model instance over the kept SDK connection and wait until LM Studio no longer lists it."""
+    return await asyncio.wrap_future(RUNTIME.submit(_unload(request, identifier, confirm_seconds, poll_seconds)))
+
+
+def shutdown() -> None:
+    """Close every kept SDK connection and end the SDK's thread (also registered with `atexit`)."""
+    RUNTIME.shutdown()

@@ -45,10 +45,14 @@ def fake():
 
 @pytest.fixture
 async def lmstudio(fake, aiohttp_server):
-    """A running fake LM Studio; `fake.url` is its base URL."""
+    """A running fake LM Studio; `fake.url` is its base URL. The SDK's kept connections are closed afterwards
+    (before the server stops), as the pack's shutdown hook does when ComfyUI exits."""
+    from lmstudio_pack.sdk_runtime import RUNTIME
+
     server = await aiohttp_server(fake.app())
     fake.url = f"http://127.0.0.1:{server.port}"
-    return fake
+    yield fake
+    await RUNTIME.aclose()
 
 
 @pytest.fixture

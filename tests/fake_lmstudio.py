@@ -11,6 +11,7 @@ Formats follow shared/reference/lmstudio-facts.md sections 1 to 3 and LM Studio'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,12 +120,22 @@ class FakeLMStudio:
     models: list[dict[str, Any]] = field(default_factory=lambda: [native_model(MODEL, loaded=True)])
     native_api: bool = True  # False: LM Studio before 0.4 (its 200 "Unexpected endpoint" answer for /api/v1/*)
     unload_delay: float = 0.0  # seconds an unloaded model stays listed (LM Studio freeing VRAM)
+    # LM Studio's `parallel`: predictions beyond it wait inside the server, with nothing on the wire, for a slot.
+    parallel: int = 4
+    in_flight: int = 0
+    peak_in_flight: int = 0
+    fail_prompts: dict[str, int] = field(default_factory=dict)  # prompt -> times to answer HTTP 500 first
+    echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
+    delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
     requests: list[Recorded] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     # SDK (websocket) side
     sdk: "FakeSDK" = field(default_factory=lambda: FakeSDK())
 
     def app(self) -> web.Application:
+        self._slots = asyncio.Semaphore(self.parallel)
+        self.sdk.slot = self.slot
+        self.sdk.owner = self
         app = web.Application()
         app.router.add_post("/api/v1/chat", self._rest_chat)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
@@ -183,16 +194,52 @@ class FakeLMStudio:
         await self._record(request)
         if not self.native_api:
             return self._unexpected(request)
-        return await self._stream(request, [self._frame(data, name) for name, data in self.rest_events])
+        events = self.rest_events
+        if self.echo:
+            events = rest_script(reasoning=[], text=["Answer to ", prompt_of(self.requests[-1].body)])
+        return await self._stream(request, [self._frame(data, name) for name, data in events])
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
-        return await self._stream(request, [self._frame(chunk) for chunk in self.openai_chunks])
+        chunks = self.openai_chunks
+        if self.echo:
+            chunks = openai_script(["Answer to ", prompt_of(self.requests[-1].body)])
+        return await self._stream(request, [self._frame(chunk) for chunk in chunks])
+
+    @contextlib.asynccontextmanager
+    async def slot(self):
+        """One of the server's `parallel` prediction slots, waited for in silence."""
+        async with self._slots:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            try:
+                yield
+            finally:
+                self.in_flight -= 1
+
+    def _scripted_failure(self, body: Any) -> bool:
+        prompt = prompt_of(body)
+        if self.fail_prompts.get(prompt, 0) > 0:
+            self.fail_prompts[prompt] -= 1
+            return True
+        return False
 
     async def _stream(self, request: web.Request, frames: list[str]) -> web.StreamResponse:
         if self.http_error:
             status, body = self.http_error
             return web.json_response(body, status=status)
+        if self._scripted_failure(self.requests[-1].body):
+            return web.json_response({"error": {"message": "Engine protocol predict request returned 500: crash"}},
+                                     status=500)
+        try:
+            async with self.slot():
+                await asyncio.sleep(self.delay_for.get(prompt_of(self.requests[-1].body), 0.0))
+                return await self._frames(request, frames)
+        except asyncio.CancelledError:
+            self.disconnected.set()  # the client went away while queued
+            raise
+
+    async def _frames(self, request: web.Request, frames: list[str]) -> web.StreamResponse:
         if self.stream_json_error is not None:
             return web.json_response(self.stream_json_error, status=200)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
@@ -217,7 +264,21 @@ class FakeLMStudio:
         return response
 
 
-def native_model(key: str, *, loaded: bool = False, vision: bool = True, kind: str = "llm") -> dict[str, Any]:
+def prompt_of(body: Any) -> str:
+    """The user's text in a native REST or OpenAI-compatible chat body."""
+    if not isinstance(body, dict):
+        return ""
+    chat_input = body.get("input")
+    if chat_input is None:
+        content = (body.get("messages") or [{}])[-1].get("content", "")
+        chat_input = content if isinstance(content, str) else [{"content": p.get("text", "")} for p in content]
+    if isinstance(chat_input, str):
+        return chat_input
+    return next((str(item.get("content", "")) for item in chat_input if item.get("content")), "")
+
+
+def native_model(key: str, *, loaded: bool = False, vision: bool = True, kind: str = "llm",
+                 parallel: int | None = 4) -> dict[str, Any]:
     """One entry of `GET /api/v1/models` (lmstudio-facts.md 2.5)."""
     return {
         "type": kind,
@@ -227,7 +288,8 @@ def native_model(key: str, *, loaded: bool = False, vision: bool = True, kind: s
         "quantization": {"name": "Q4_K_M", "bits_per_weight": 4.8},
         "size_bytes": 3_000_000_000,
         "params_string": "4B",
-        "loaded_instances": [{"id": key, "config": {"context_length": 8192}}] if loaded else [],
+        "loaded_instances": [{"id": key, "config": {"context_length": 8192} | ({"parallel": parallel} if parallel
+                                                                             else {})}] if loaded else [],
         "max_context_length": 32768,
         "format": "gguf",
         "capabilities": {"vision": vision, "trained_for_tool_use": True},
@@ -288,6 +350,8 @@ class FakeSDK:
     auth: list[dict[str, Any]] = field(default_factory=list)
     open_sockets: int = 0
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    slot: Any = None  # the server's prediction slots, shared with the HTTP side (set by FakeLMStudio.app)
+    owner: Any = None  # the FakeLMStudio whose `echo`, `delay_for` and `fail_prompts` apply here too
 
     async def greeting(self, request: web.Request) -> web.Response:
         return web.json_response({"lmstudio": True})
@@ -402,10 +466,23 @@ class FakeSDK:
                                 "error": sdk_error("No model found that fits the query.",
                                                    "generic.noModelMatchingQuery")})
             return
+        messages = (params.get("history") or {}).get("messages") or [{}]
+        prompt = next((p.get("text", "") for p in messages[-1].get("content", []) if p.get("type") == "text"), "")
+        if self.owner.fail_prompts.get(prompt, 0) > 0:
+            self.owner.fail_prompts[prompt] -= 1
+            await ws.send_json({"type": "channelError", "channelId": channel,
+                                "error": sdk_error("Engine protocol predict request returned 500: crash")})
+            return
+        fragments = [sdk_fragment("Answer to "), sdk_fragment(prompt)] if self.owner.echo else self.fragments
+        async with self.slot():
+            await asyncio.sleep(self.owner.delay_for.get(prompt, 0.0))
+            await self._generate(ws, channel, send, cancel, fragments)
+
+    async def _generate(self, ws, channel: int, send, cancel: asyncio.Event, fragments: list[dict]) -> None:
         for progress in self.prompt_progress:
             await send({"type": "promptProcessingProgress", "progress": progress, "details": {}})
         stop = "eosFound"
-        for index, fragment in enumerate(self.fragments):
+        for index, fragment in enumerate(fragments):
             if self.drop_after_fragments is not None and index >= self.drop_after_fragments:
                 await ws.close()
                 return

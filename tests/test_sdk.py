@@ -43,9 +43,10 @@ def config_fields(fake) -> dict:
     return {f["key"]: f["value"] for layer in layers for f in layer["config"]["fields"]}
 
 
-async def sockets_closed(fake) -> bool:
+async def one_client_kept(fake) -> bool:
+    """The run left exactly one kept SDK client (its five websockets) open: nothing leaked, nothing extra."""
     for _ in range(50):
-        if fake.sdk.open_sockets == 0:
+        if fake.sdk.open_sockets == 5:
             return True
         await asyncio.sleep(0.02)
     return False
@@ -68,7 +69,7 @@ async def test_streams_reasoning_answer_progress_and_stats(lmstudio):
     messages = create["creationParameter"]["history"]["messages"]
     assert [m["role"] for m in messages] == ["system", "user"]
     assert messages[1]["content"] == [{"type": "text", "text": "Describe"}]
-    assert await sockets_closed(lmstudio)  # one client per run, closed at the end
+    assert await one_client_kept(lmstudio)  # kept for the next run (closed when idle or at shutdown)
 
 
 async def test_no_limit_sends_no_max_tokens(lmstudio):
@@ -108,7 +109,7 @@ async def test_nothing_loaded(lmstudio):
     lmstudio.sdk.loaded = []
     with pytest.raises(LMStudioError, match="No model is loaded in LM Studio and model_id is empty"):
         await collect(request_for(lmstudio, model=""))
-    assert await sockets_closed(lmstudio)
+    assert await one_client_kept(lmstudio)
 
 
 async def test_unknown_model_lists_loaded_and_downloaded(lmstudio):
@@ -117,14 +118,14 @@ async def test_unknown_model_lists_loaded_and_downloaded(lmstudio):
     message = str(caught.value)
     assert message.startswith("Model 'nope/missing' not found in LM Studio: Cannot find a model")
     assert f"Loaded: {MODEL}." in message and f"Downloaded: {MODEL}, google/gemma-3-4b." in message
-    assert await sockets_closed(lmstudio)
+    assert await one_client_kept(lmstudio)
 
 
 async def test_prediction_error(lmstudio):
     lmstudio.sdk.predict_error = sdk_error("Engine crashed: out of memory")
     with pytest.raises(LMStudioError, match="LM Studio reported an error: Engine crashed: out of memory"):
         await collect(request_for(lmstudio))
-    assert await sockets_closed(lmstudio)
+    assert await one_client_kept(lmstudio)
     assert not lmstudio.sdk.cancelled.is_set()  # a failed prediction needs no cancel
 
 
@@ -209,7 +210,7 @@ async def test_cancel_sends_cancel_and_stops(lmstudio):
     (cancel,) = [m for m in lmstudio.sdk.sent("channelSend") if m["message"] == {"type": "cancel"}]
     (create,) = lmstudio.sdk.sent("channelCreate", "predict")
     assert cancel["channelId"] == create["channelId"]
-    assert await sockets_closed(lmstudio)
+    assert await one_client_kept(lmstudio)
 
 
 async def test_closing_the_iterator_early_also_cancels(lmstudio):
@@ -221,7 +222,7 @@ async def test_closing_the_iterator_early_also_cancels(lmstudio):
             break
     await stream.aclose()
     assert lmstudio.sdk.cancelled.is_set()
-    assert await sockets_closed(lmstudio)
+    assert await one_client_kept(lmstudio)
 
 
 def test_reasoning_token_count_includes_tags():

@@ -1,0 +1,193 @@
+"""Many images: the node mapped over a list the way ComfyUI does (every item started at once), against a
+stand-in LM Studio with `parallel` slots. Bound, speed, pairing, Cancel, retry, long lists, error policy."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+
+import comfy.model_management as model_management
+import pytest
+import torch
+
+from fake_lmstudio import MODEL, native_model
+from lmstudio_pack import node as node_module
+from lmstudio_pack.chat import ChatRequest
+from node_helpers import NODE_ID, Recorder, events, run, run_list
+
+MODES = pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible", "SDK"])
+SLOW = 0.03  # seconds between frames: an item takes a measurable time
+
+
+def slow(fake, seconds: float = SLOW) -> None:
+    fake.event_delay = seconds
+    fake.sdk.fragment_delay = seconds
+
+
+def item_messages(index: int) -> list[dict]:
+    return [d for _, _, d, _ in Recorder.current.messages if d["index"] == index]
+
+
+@MODES
+async def test_never_more_than_the_servers_parallel_slots_and_each_answer_keeps_its_item(lmstudio, comfy, mode):
+    lmstudio.echo = True
+    slow(lmstudio)
+    # Early items finish last: pairing must not follow completion order.
+    lmstudio.delay_for = {f"Describe {i}": 0.2 - 0.05 * i for i in range(4)}
+    outputs, ui, _ = await run_list(lmstudio.url, mode, count=12)
+    assert lmstudio.peak_in_flight == 4  # LM Studio's `parallel`, as its model list reports it
+    assert outputs[0] == [f"Answer to Describe {i}" for i in range(12)]
+    assert [entry["index"] for entry in ui["lmstudio"]] == list(range(12))
+    assert [entry["text"] for entry in ui["lmstudio"]] == outputs[0]
+    for index in range(12):  # the live view never mixes two items: each item's deltas are its own answer
+        assert "".join(d["content"] for d in item_messages(index) if d["chunk_type"] == "text") == outputs[0][index]
+        assert item_messages(index)[-1]["count"] == 12
+
+
+@MODES
+async def test_slots_are_really_used(lmstudio, comfy, mode):
+    """12 items take about ceil(12/4) x one item, not 12 x: a wide factor, no tight timing."""
+    slow(lmstudio, 0.05)
+    started = time.monotonic()
+    await run(lmstudio.url, mode)
+    one = time.monotonic() - started
+    started = time.monotonic()
+    await run_list(lmstudio.url, mode, count=12)
+    elapsed = time.monotonic() - started
+    ideal = math.ceil(12 / 4) * one
+    print(f"\n{mode}: 12 items in {elapsed:.2f} s, ideal {ideal:.2f} s, serial {12 * one:.2f} s")
+    assert elapsed < 2.0 * ideal < 12 * one
+
+
+async def test_max_parallel_overrides_the_servers_slots(lmstudio, comfy):
+    slow(lmstudio)
+    await run_list(lmstudio.url, "REST API", count=6, max_parallel=1)
+    assert lmstudio.peak_in_flight == 1
+    assert any("Queued: 1 at a time (max_parallel in LM Studio Chat Options)" == c for k, c in events() if k == "status")
+
+
+async def test_a_server_that_does_not_report_its_slots_gets_the_default(lmstudio, comfy):
+    slow(lmstudio)
+    lmstudio.models = [native_model(MODEL, loaded=True, parallel=None)]  # the server does not say
+    await run_list(lmstudio.url, "REST API", count=6)
+    assert lmstudio.peak_in_flight == 2
+    assert any("Queued: 2 at a time (the server does not report its slots)" == c for k, c in events() if k == "status")
+
+
+async def test_queued_items_do_not_time_out_200_items(lmstudio, comfy, monkeypatch):
+    """The idle timeout counts only while a request is in flight: queued items wait in the node, not in LM Studio."""
+    monkeypatch.setattr(node_module, "ChatRequest", functools.partial(ChatRequest, idle_timeout=0.5))
+    slow(lmstudio, 0.01)
+    outputs, ui, _ = await run_list(lmstudio.url, "REST API", count=200)
+    assert len(outputs[0]) == 200 and not [t for t in outputs[0] if t.startswith("Error")]
+    assert lmstudio.peak_in_flight == 4
+    assert ui["lmstudio"][-1]["index"] == 199
+
+
+@MODES
+async def test_cancel_mid_list_stops_every_item_within_a_second(lmstudio, comfy, mode):
+    slow(lmstudio, 0.2)
+    lmstudio.sdk.fragments = lmstudio.sdk.fragments * 10
+
+    async def cancel_soon() -> float:
+        await asyncio.sleep(0.5)
+        model_management.interrupt_current_processing(True)
+        return time.monotonic()
+
+    canceller = asyncio.create_task(cancel_soon())
+    with pytest.raises(model_management.InterruptProcessingException):
+        await run_list(lmstudio.url, mode, count=12)
+    stopped = time.monotonic() - await canceller
+    sent_at_cancel = len(lmstudio.chat_requests()) if mode != "SDK" else len(lmstudio.sdk.sent("channelCreate"))
+    print(f"\n{mode}: every item ended {stopped * 1000:.0f} ms after Cancel")
+    assert stopped < 1.0
+    await asyncio.sleep(0.3)
+    assert lmstudio.in_flight == 0  # LM Studio was told to stop every in-flight generation
+    after = len(lmstudio.chat_requests()) if mode != "SDK" else len(lmstudio.sdk.sent("channelCreate"))
+    assert after == sent_at_cancel  # and no queued item started afterwards
+    states = [c for k, c in events(states=True) if k == "item"]
+    assert states.count("cancelled") == 12
+
+
+async def test_cancel_consumed_by_the_progress_hook_still_stops_the_others(lmstudio, comfy):
+    """ComfyUI's progress hook resets the flag when it raises: the first item to see it must stop them all."""
+    slow(lmstudio, 0.2)
+
+    async def cancel_soon() -> None:
+        await asyncio.sleep(0.4)
+        model_management.interrupt_current_processing(True)
+        model_management.throw_exception_if_processing_interrupted.__call__ if False else None
+        try:
+            model_management.throw_exception_if_processing_interrupted()  # another consumer took the flag
+        except model_management.InterruptProcessingException:
+            pass
+        node_module.prompt_state().interrupted = True  # as the item whose hook raised would latch it
+
+    started = time.monotonic()
+    canceller = asyncio.create_task(cancel_soon())
+    with pytest.raises(model_management.InterruptProcessingException):
+        await run_list(lmstudio.url, "REST API", count=8)
+    await canceller
+    assert time.monotonic() - started < 1.5
+
+
+async def test_a_transient_failure_is_retried_once(lmstudio, comfy):
+    lmstudio.echo = True
+    lmstudio.fail_prompts = {"Describe 1": 1, "Describe 2": 2}
+    outputs, _, _ = await run_list(lmstudio.url, "REST API", count=4)
+    assert outputs[0][0] == "Answer to Describe 0" and outputs[0][1] == "Answer to Describe 1"  # retried, then fine
+    assert outputs[0][2].startswith("Error: LM Studio answered HTTP 500")  # failed twice: its caption is the error
+    assert outputs[0][3] == "Answer to Describe 3"  # the others go on
+    prompts = [r.body["input"] for r in lmstudio.chat_requests()]
+    assert prompts.count("Describe 1") == 2 and prompts.count("Describe 2") == 2 and prompts.count("Describe 0") == 1
+    assert any(k == "status" and c.startswith("Retrying once after") for k, c in events(1))
+    states = {d["index"]: d["content"] for _, _, d, _ in Recorder.current.messages if d["chunk_type"] == "item"}
+    assert states == {0: "done", 1: "done", 2: "failed", 3: "done"}
+
+
+@pytest.mark.parametrize("mode", ["OpenAI-compatible", "SDK"])
+async def test_retry_in_the_other_modes(lmstudio, comfy, mode):
+    lmstudio.echo = True
+    lmstudio.fail_prompts = {"Describe 1": 1}
+    outputs, _, _ = await run_list(lmstudio.url, mode, count=3)
+    assert outputs[0] == [f"Answer to Describe {i}" for i in range(3)]
+
+
+async def test_raise_policy_stops_the_whole_list(lmstudio, comfy):
+    slow(lmstudio, 0.1)
+    lmstudio.fail_prompts = {"Describe 0": 5}
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="HTTP 500"):
+        await run_list(lmstudio.url, "REST API", count=8, on_error="raise")
+    assert time.monotonic() - started < 1.5
+    assert lmstudio.in_flight == 0
+    states = [c for k, c in events(states=True) if k == "item"]
+    assert states.count("failed") == 1 and "done" not in states[:2]
+
+
+async def test_progress_bar_advances_per_finished_item(lmstudio, comfy):
+    await run_list(lmstudio.url, "REST API", count=4, max_parallel=1)
+    values = [value for value, total, node in comfy.progress if node == NODE_ID]
+    assert values[-1] == 100
+    for done in (25, 50, 75):
+        assert done in values
+
+
+async def test_a_batch_with_send_all_images_off_says_only_the_first_was_sent(lmstudio, comfy):
+    batch = torch.rand(3, 16, 16, 3)
+    await run(lmstudio.url, image=batch)
+    notices = [c for k, c in events() if k == "notice"]
+    assert notices and "Only the first of 3 images was sent" in notices[0] and "Rebatch Images" in notices[0]
+    assert len(lmstudio.chat_requests()[-1].body["input"]) == 2  # the text and one image
+
+
+async def test_a_list_of_images_gets_one_answer_per_image(lmstudio, comfy):
+    """Rebatch Images (batch_size 1) in front: a list of 1-image batches, one answer each, in order."""
+    images = [torch.full((1, 8, 8, 3), i / 4) for i in range(4)]
+    outputs, _, _ = await run_list(lmstudio.url, "REST API", count=4, per_item={"image": images})
+    assert len(outputs[0]) == 4
+    sent = [r.body["input"][1]["data_url"] for r in lmstudio.chat_requests()]
+    assert len(set(sent)) == 4  # four different images went out
+    assert not [k for k, _ in events() if k == "notice"]
