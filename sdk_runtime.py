@@ -86,6 +86,7 @@ class KeptClient:
         except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the client
             if not self._ready.done():
                 self._ready.set_exception(exc)
+                self._ready.exception()  # waiters get it through `client()`; a run that left needs no warning
             elif not isinstance(exc, asyncio.CancelledError):
                 log.debug("LM Studio SDK client closed with: %r", exc)
 

@@ -137,6 +137,7 @@ class FakeLMStudio:
         self.sdk.slot = self.slot
         self.sdk.owner = self
         app = web.Application()
+        app.on_shutdown.append(self.sdk.drop_all)  # LM Studio quitting drops its websockets at once
         app.router.add_post("/api/v1/chat", self._rest_chat)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_get("/api/v1/models", self._native_models)
@@ -339,6 +340,7 @@ class FakeSDK:
     fragment_delay: float = 0.0
     load_steps: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])
     load_delay: float = 0.0
+    prompt_delay: float = 0.0  # seconds between prompt-processing progress messages
     stats: dict[str, Any] = field(default_factory=lambda: {
         "stopReason": "eosFound", "tokensPerSecond": 42.5, "timeToFirstTokenSec": 0.31, "promptTokensCount": 21,
         "predictedTokensCount": 6, "totalTokensCount": 27, "numGpuLayers": 0, "totalTimeSec": 0.5})
@@ -349,9 +351,16 @@ class FakeSDK:
     received: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (namespace, message)
     auth: list[dict[str, Any]] = field(default_factory=list)
     open_sockets: int = 0
+    connections: int = 0  # websockets ever accepted (a client opens five)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     slot: Any = None  # the server's prediction slots, shared with the HTTP side (set by FakeLMStudio.app)
     owner: Any = None  # the FakeLMStudio whose `echo`, `delay_for` and `fail_prompts` apply here too
+
+    sockets: set = field(default_factory=set)
+
+    async def drop_all(self, _app: web.Application) -> None:
+        for ws in list(self.sockets):
+            await ws.close(code=1001)
 
     async def greeting(self, request: web.Request) -> web.Response:
         return web.json_response({"lmstudio": True})
@@ -367,6 +376,8 @@ class FakeSDK:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
         self.open_sockets += 1
+        self.connections += 1
+        self.sockets.add(ws)
         channels: dict[int, asyncio.Event] = {}
         tasks: set[asyncio.Task] = set()
         try:
@@ -399,6 +410,7 @@ class FakeSDK:
         finally:
             for task in tasks:
                 task.cancel()
+            self.sockets.discard(ws)
             self.open_sockets -= 1
         return ws
 
@@ -481,6 +493,9 @@ class FakeSDK:
     async def _generate(self, ws, channel: int, send, cancel: asyncio.Event, fragments: list[dict]) -> None:
         for progress in self.prompt_progress:
             await send({"type": "promptProcessingProgress", "progress": progress, "details": {}})
+            if self.prompt_delay and not cancel.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(cancel.wait(), self.prompt_delay)
         stop = "eosFound"
         for index, fragment in enumerate(fragments):
             if self.drop_after_fragments is not None and index >= self.drop_after_fragments:

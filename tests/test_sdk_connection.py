@@ -1,0 +1,242 @@
+"""The SDK mode's lasting connection: reuse, sharing, reconnects, idle close, Cancel in every phase, silent or
+wrong servers, and shutdown. The real `lmstudio` package against the stand-in's websocket protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+from aiohttp import web
+
+from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
+from lmstudio_pack import sdk_backend, sdk_runtime
+from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
+from lmstudio_pack.client import stream_chat
+from lmstudio_pack.sdk_runtime import RUNTIME
+
+SOCKETS_PER_CLIENT = 5  # embedding, files, llm, repository, system
+
+
+def request_for(url: str, **kwargs) -> ChatRequest:
+    return ChatRequest(prompt=kwargs.pop("prompt", "Describe"), server_url=url, mode=ConnectionMode.SDK,
+                       model=kwargs.pop("model", MODEL), **kwargs)
+
+
+async def answer(request: ChatRequest) -> str:
+    return "".join([e.text async for e in stream_chat(request) if isinstance(e, TextDelta)])
+
+
+async def eventually(condition, seconds: float = 2.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await asyncio.sleep(0.02)
+    return condition()
+
+
+async def test_runs_reuse_one_connection(lmstudio):
+    for _ in range(3):
+        assert await answer(request_for(lmstudio.url)) == "A red square."
+    assert lmstudio.sdk.connections == SOCKETS_PER_CLIENT
+    assert lmstudio.sdk.sent("channelCreate", "predict").__len__() == 3
+
+
+async def test_concurrent_runs_share_it_and_keep_their_own_state(lmstudio):
+    lmstudio.echo = True
+    lmstudio.sdk.fragment_delay = 0.01
+    answers = await asyncio.gather(*(answer(request_for(lmstudio.url, prompt=f"P{i}")) for i in range(6)))
+    assert answers == [f"Answer to P{i}" for i in range(6)]  # no run's fragments reach another
+    assert lmstudio.sdk.connections == SOCKETS_PER_CLIENT
+
+
+async def test_a_token_or_server_change_gets_its_own_client(lmstudio, aiohttp_server):
+    other = FakeLMStudio()
+    server = await aiohttp_server(other.app())
+    await answer(request_for(lmstudio.url))
+    await answer(request_for(f"http://127.0.0.1:{server.port}"))
+    await answer(request_for(lmstudio.url, api_token="sk-lm-abcdefgh:abcdefghijklmnopqrst"))
+    assert other.sdk.connections == SOCKETS_PER_CLIENT
+    assert lmstudio.sdk.connections == 2 * SOCKETS_PER_CLIENT
+
+
+async def start_fake(aiohttp_server, port: int | None = None) -> tuple[FakeLMStudio, object]:
+    fake = FakeLMStudio()
+    server = await aiohttp_server(fake.app(), port=port) if port else await aiohttp_server(fake.app())
+    fake.url = f"http://127.0.0.1:{server.port}"
+    return fake, server
+
+
+async def test_lm_studio_restarted_between_runs(aiohttp_server):
+    first, server = await start_fake(aiohttp_server)
+    try:
+        await answer(request_for(first.url))
+        port = server.port
+        await server.close()  # LM Studio quits (or the laptop slept): the kept client is dead
+        second, _ = await start_fake(aiohttp_server, port)
+        assert await answer(request_for(second.url)) == "A red square."  # reconnected by itself
+        assert len(second.sdk.sent("channelCreate", "predict")) == 1  # sent once, on the fresh client
+    finally:
+        await RUNTIME.aclose()
+
+
+async def test_lm_studio_really_down_gives_the_usual_message(aiohttp_server):
+    fake, server = await start_fake(aiohttp_server)
+    try:
+        await answer(request_for(fake.url))
+        await server.close()
+        with pytest.raises(LMStudioError, match=r"^LM Studio connection failed\. Tried http://127\.0\.0\.1"):
+            await answer(request_for(fake.url))
+    finally:
+        await RUNTIME.aclose()
+
+
+async def test_killed_mid_stream_then_back(aiohttp_server):
+    fake, server = await start_fake(aiohttp_server)
+    try:
+        fake.sdk.fragments = [sdk_fragment(f"t{i} ") for i in range(50)]
+        fake.sdk.drop_after_fragments = 3  # the server dies mid-answer
+        with pytest.raises(LMStudioError, match="closed the connection before the answer was complete"):
+            await answer(request_for(fake.url))
+        assert len(fake.sdk.sent("channelCreate", "predict")) == 1  # a started prediction is never sent twice
+        fake.sdk.drop_after_fragments = None
+        assert await answer(request_for(fake.url)) == "".join(f"t{i} " for i in range(50))
+    finally:
+        await RUNTIME.aclose()
+
+
+async def test_an_idle_connection_closes_and_the_thread_ends(lmstudio, monkeypatch):
+    monkeypatch.setattr(sdk_runtime, "IDLE_CLOSE_SECONDS", 0.3)
+    monkeypatch.setattr(sdk_runtime, "REAP_EVERY_SECONDS", 0.05)
+    await answer(request_for(lmstudio.url))
+    assert lmstudio.sdk.open_sockets == SOCKETS_PER_CLIENT
+    assert await eventually(lambda: lmstudio.sdk.open_sockets == 0, 3)
+    assert await eventually(lambda: not [t for t in threading.enumerate() if t.name == "lmstudio-sdk"], 3)
+    assert await answer(request_for(lmstudio.url)) == "A red square."  # and a later run starts it again
+
+
+async def test_shutdown_leaves_no_thread_and_no_websocket(lmstudio):
+    await answer(request_for(lmstudio.url))
+    assert [t for t in threading.enumerate() if t.name == "lmstudio-sdk"]
+    started = time.monotonic()
+    await asyncio.to_thread(sdk_backend.shutdown)  # what atexit calls when ComfyUI exits
+    assert time.monotonic() - started < sdk_runtime.SHUTDOWN_SECONDS
+    assert not [t for t in threading.enumerate() if t.name == "lmstudio-sdk"]
+    assert await eventually(lambda: lmstudio.sdk.open_sockets == 0)
+
+
+async def cancel_after(task: asyncio.Task, condition, seconds: float = 5.0) -> float:
+    """Wait for `condition`, cancel `task`, and return how long it took to end."""
+    assert await eventually(condition, seconds)
+    started = time.monotonic()
+    task.cancel()
+    await asyncio.wait({task}, timeout=2)
+    assert task.done()
+    return time.monotonic() - started
+
+
+async def test_cancel_while_loading_stops_waiting_at_once(lmstudio):
+    lmstudio.sdk.load_delay = 1.0
+    task = asyncio.create_task(answer(request_for(lmstudio.url, model="google/gemma-3-4b")))
+    took = await cancel_after(task, lambda: lmstudio.sdk.sent("channelCreate", "getOrLoad"))
+    assert took < 0.5
+    assert not lmstudio.sdk.sent("channelCreate", "predict")
+
+
+async def test_cancel_during_prompt_processing_tells_lm_studio(lmstudio):
+    lmstudio.sdk.prompt_delay = 1.0
+    task = asyncio.create_task(answer(request_for(lmstudio.url)))
+    took = await cancel_after(task, lambda: lmstudio.sdk.sent("channelCreate", "predict"))
+    assert took < 1.0
+    assert await eventually(lmstudio.sdk.cancelled.is_set)
+
+
+async def test_cancel_while_streaming_sends_cancel_and_drains(lmstudio):
+    lmstudio.sdk.fragments = [sdk_fragment(f"t{i} ") for i in range(200)]
+    lmstudio.sdk.fragment_delay = 0.02
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for event in stream_chat(request_for(lmstudio.url)):
+            if isinstance(event, TextDelta):
+                first.set()
+
+    task = asyncio.create_task(consume())
+    took = await cancel_after(task, first.is_set)
+    assert took < 1.0
+    assert lmstudio.sdk.cancelled.is_set()
+    assert await eventually(lambda: lmstudio.in_flight == 0)  # LM Studio's slot is free again
+    assert await answer(request_for(lmstudio.url)) == "".join(f"t{i} " for i in range(200))  # the client lives on
+
+
+@pytest.fixture
+def silent_port():
+    """A TCP server that accepts connections and never answers (a hung LM Studio, a wrong port)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    listener.close()
+
+
+async def test_a_silent_server_gives_up_after_the_connect_timeout_naming_the_url(silent_port):
+    url = f"http://127.0.0.1:{silent_port}"
+    started = time.monotonic()
+    with pytest.raises(LMStudioError) as caught:
+        await answer(request_for(url, connect_timeout=1.5))
+    took = time.monotonic() - started
+    assert 1.4 < took < 3.0  # the HTTP modes' connect timeout, not the SDK's 1 s probe
+    assert str(caught.value).startswith(f"LM Studio connection failed. Tried {url} (SDK probe")
+    assert "no answer within 1.5 s" in str(caught.value)
+
+
+async def test_cancel_works_while_waiting_for_a_silent_server(silent_port):
+    task = asyncio.create_task(answer(request_for(f"http://127.0.0.1:{silent_port}")))
+    await asyncio.sleep(0.3)
+    took = await cancel_after(task, lambda: True)
+    assert took < 0.5
+
+
+async def test_a_server_that_is_not_lm_studio_is_named(aiohttp_server):
+    app = web.Application()  # answers HTTP (404 to everything), like a web server on the wrong port
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(LMStudioError, match=rf"The server at {url} is not an LLM server: it does not answer LM "
+                                            r"Studio's greeting"):
+        await answer(request_for(url))
+
+
+async def test_first_run_and_later_runs(lmstudio):
+    """A kept connection: later runs skip the greeting probe and the five websocket handshakes."""
+    started = time.monotonic()
+    events = [e async for e in stream_chat(request_for(lmstudio.url))]
+    first = time.monotonic() - started
+    assert isinstance(events[-1], Finished)
+    timings = []
+    for _ in range(5):
+        started = time.monotonic()
+        await answer(request_for(lmstudio.url))
+        timings.append(time.monotonic() - started)
+    later = sorted(timings)[2]
+    print(f"\nSDK run: first {first * 1000:.0f} ms, later (median) {later * 1000:.1f} ms")
+    assert later < first / 2
