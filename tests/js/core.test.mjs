@@ -3,28 +3,34 @@ import assert from "node:assert/strict";
 import { test } from "node:test";
 
 import {
+  answerList,
   applyUpdate,
   createFrameScheduler,
   createState,
   findNode,
   isNearBottom,
+  listSummary,
   parseExecutionId,
+  pickItem,
   stateFromExecuted,
   textPatch,
+  visibleItem,
 } from "../../web/js/lmstudio_stream_core.js";
 
 test("a run accumulates reasoning and answer in order, clear resets", () => {
   const state = createState();
-  state.text = "old answer";
+  applyUpdate(state, "text", "old answer");
   const updates = [
     ["clear", ""], ["status", "Loading model 40%"], ["reasoning", "Let "], ["reasoning", "me see."],
     ["text", "A red "], ["text", "square."], ["stats", "tokens/s: 51.0 | mode: SDK"], ["done", ""],
   ];
   for (const [kind, content] of updates) assert.equal(applyUpdate(state, kind, content), true);
-  assert.deepEqual(state, {
+  assert.deepEqual(visibleItem(state), {
     reasoning: "Let me see.", text: "A red square.", status: "", stats: "tokens/s: 51.0 | mode: SDK",
-    error: "", running: false,
+    error: "", state: "queued", done: true,
   });
+  assert.equal(state.running, false);
+  assert.equal(listSummary(state), ""); // a single item shows no list
 });
 
 test("status clears when the answer starts; Cancelled survives done", () => {
@@ -33,17 +39,17 @@ test("status clears when the answer starts; Cancelled survives done", () => {
   applyUpdate(state, "status", "Processing prompt 80%");
   assert.equal(state.running, true);
   applyUpdate(state, "text", "x");
-  assert.equal(state.status, "");
+  assert.equal(visibleItem(state).status, "");
   applyUpdate(state, "status", "Cancelled");
   applyUpdate(state, "done", "");
-  assert.equal(state.status, "Cancelled");
+  assert.equal(visibleItem(state).status, "Cancelled");
 });
 
 test("errors are kept; unknown chunk types are ignored", () => {
   const state = createState();
   assert.equal(applyUpdate(state, "error", "LM Studio connection failed."), true);
-  assert.equal(state.error, "LM Studio connection failed.");
-  const before = { ...state };
+  assert.equal(visibleItem(state).error, "LM Studio connection failed.");
+  const before = structuredClone(state);
   assert.equal(applyUpdate(state, "tool_call", "{}"), false);
   assert.equal(applyUpdate(state, undefined, "x"), false);
   assert.deepEqual(state, before);
@@ -53,17 +59,19 @@ test("non-string content is coerced, never evaluated", () => {
   const state = createState();
   applyUpdate(state, "text", null);
   applyUpdate(state, "text", 42);
-  assert.equal(state.text, "42");
+  assert.equal(visibleItem(state).text, "42");
 });
 
 test("executed ui output restores the state, errors included", () => {
   const ok = stateFromExecuted({ lmstudio: [{ text: "Answer", reasoning: "Thought", stats: "mode: SDK" }] });
-  assert.deepEqual(ok, { reasoning: "Thought", text: "Answer", status: "", stats: "mode: SDK", error: "", running: false });
+  assert.deepEqual(visibleItem(ok), { reasoning: "Thought", text: "Answer", status: "", stats: "mode: SDK", error: "",
+                                      state: "done", done: true });
+  assert.equal(ok.running, false);
   const failed = stateFromExecuted({
     lmstudio: [{ text: "Error: LM Studio connection failed.", reasoning: "", stats: "error | mode: REST API" }],
   });
-  assert.equal(failed.error, "LM Studio connection failed.");
-  assert.equal(failed.text, "");
+  assert.equal(visibleItem(failed).error, "LM Studio connection failed.");
+  assert.equal(visibleItem(failed).text, "");
   assert.equal(stateFromExecuted({ images: [] }), null);
   assert.equal(stateFromExecuted(undefined), null);
 });
@@ -141,4 +149,71 @@ test("model picker labels, options and current value", async () => {
   assert.equal(failed.keys.size, 0);
   assert.deepEqual(pickerOptions({ models: [] }).labels, ["(no models found)"]);
   assert.equal(modelsRoute("http://192.168.1.5:1234/v1"), "/lmstudio/models?server_url=http%3A%2F%2F192.168.1.5%3A1234%2Fv1");
+});
+
+// ----------------------------------------------------------------------------------------------- lists
+
+function listRun(count) {
+  const state = createState();
+  for (let i = 0; i < count; i++) applyUpdate(state, "clear", "", i, count);
+  return state;
+}
+
+test("a list keeps every item apart and follows the first one streaming", () => {
+  const state = listRun(4);
+  for (const i of [0, 1]) applyUpdate(state, "item", "running", i, 4);
+  applyUpdate(state, "text", "zero ", 0, 4);
+  applyUpdate(state, "text", "one ", 1, 4);
+  applyUpdate(state, "text", "zero again", 0, 4);
+  assert.equal(visibleItem(state).text, "zero zero again"); // never two items in one pane
+  assert.equal(state.items.get(1).text, "one ");
+  applyUpdate(state, "item", "done", 0, 4);
+  applyUpdate(state, "done", "", 0, 4);
+  assert.equal(state.focus, 1); // item 0 ended: the view moves on to the next one streaming
+  assert.equal(listSummary(state), "item 2 of 4 · 1 done · 1 running · 2 queued");
+  assert.equal(state.running, true);
+});
+
+test("failed items are listed; the answers list is in list order with its numbers", () => {
+  const state = listRun(3);
+  for (const [i, kind, text] of [[2, "text", "c"], [0, "text", "a"], [1, "error", "HTTP 500"]]) {
+    applyUpdate(state, "item", "running", i, 3);
+    applyUpdate(state, kind, text, i, 3);
+    applyUpdate(state, "item", kind === "error" ? "failed" : "done", i, 3);
+    applyUpdate(state, "done", "", i, 3);
+  }
+  assert.equal(state.running, false);
+  assert.match(listSummary(state), /2 done · 1 failed \(#2\)/);
+  assert.deepEqual(answerList(state), [
+    { index: 0, label: "#1", text: "a", failed: false },
+    { index: 1, label: "#2", text: "Error: HTTP 500", failed: true },
+    { index: 2, label: "#3", text: "c", failed: false },
+  ]);
+});
+
+test("a retry clears the item's text; picking an item pins it until picked again", () => {
+  const state = listRun(2);
+  applyUpdate(state, "item", "running", 1, 2);
+  applyUpdate(state, "text", "half an ans", 1, 2);
+  applyUpdate(state, "reset", "", 1, 2);
+  assert.equal(state.items.get(1).text, "");
+  applyUpdate(state, "item", "running", 0, 2);
+  pickItem(state, 1);
+  applyUpdate(state, "text", "more", 0, 2);
+  assert.equal(state.focus, 1);
+  pickItem(state, null);
+  assert.equal(state.focus, 0);
+});
+
+test("a new run starts with item 0; a cached list comes back from the executed message", () => {
+  const state = listRun(3);
+  applyUpdate(state, "clear", "", 0, 1);
+  assert.equal(state.items.size, 1);
+  const cached = stateFromExecuted({ lmstudio: [
+    { index: 0, text: "first", reasoning: "", stats: "mode: SDK" },
+    { index: 1, text: "Error: refused", reasoning: "", stats: "error | mode: SDK" },
+  ] });
+  assert.equal(cached.count, 2);
+  assert.deepEqual(answerList(cached).map((e) => [e.label, e.text, e.failed]),
+                   [["#1", "first", false], ["#2", "Error: refused", true]]);
 });

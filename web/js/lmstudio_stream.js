@@ -8,16 +8,20 @@ import {
   NODE_CLASS,
   PICK_PROMPT,
   STREAM_EVENT,
+  answerList,
   applyUpdate,
   createFrameScheduler,
   createState,
   findNode,
   isNearBottom,
+  listSummary,
   modelsRoute,
+  pickItem,
   pickerOptions,
   pickerValue,
   stateFromExecuted,
   textPatch,
+  visibleItem,
 } from "./lmstudio_stream_core.js";
 
 const WIDGET_TYPE = "lmstudio_stream_view";
@@ -39,7 +43,17 @@ const STYLE = `
 .lmstudio-stream .lms-footer { display: flex; gap: 6px; align-items: center; font-size: 11px; opacity: 0.8; }
 .lmstudio-stream .lms-stats { flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .lmstudio-stream .lms-error { color: var(--error-text, #ff6b6b); white-space: pre-wrap; }
-.lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty { display: none; }
+.lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty, .lmstudio-stream .lms-list:empty,
+.lmstudio-stream .lms-notice:empty, .lmstudio-stream .lms-answers:empty { display: none; }
+.lmstudio-stream .lms-list { font-size: 11px; font-weight: bold; opacity: 0.85; }
+.lmstudio-stream .lms-notice { font-size: 11px; color: var(--warning-text, #e0b050); white-space: pre-wrap; }
+.lmstudio-stream .lms-answers { flex: 1 1 0; min-height: 3em; overflow: auto; border-radius: 4px;
+  background: var(--comfy-input-bg, #222); padding: 2px 0; }
+.lmstudio-stream .lms-entry { display: flex; gap: 6px; padding: 1px 6px; cursor: pointer; white-space: nowrap; }
+.lmstudio-stream .lms-entry:hover, .lmstudio-stream .lms-entry.lms-current { background: rgba(255,255,255,0.08); }
+.lmstudio-stream .lms-entry-label { opacity: 0.6; flex: none; }
+.lmstudio-stream .lms-entry-text { overflow: hidden; text-overflow: ellipsis; }
+.lmstudio-stream .lms-entry.lms-failed .lms-entry-text { color: var(--error-text, #ff6b6b); }
 .lmstudio-stream button { font-size: 11px; padding: 1px 6px; cursor: pointer; }
 `;
 
@@ -76,8 +90,33 @@ function createPane(className) {
   };
 }
 
+/** The answers of a list, one line each (text only), in list order; a click shows that item in the panes. */
+function createAnswers(onPick) {
+  const box = element("div", "lms-answers");
+  let key = "";
+  return {
+    box,
+    show(entries, current) {
+      const next = JSON.stringify(entries.map((e) => [e.index, e.failed, e.text.length, e.index === current]));
+      if (next === key) return;
+      key = next;
+      box.replaceChildren(...entries.map((entry) => {
+        const row = element("div", `lms-entry${entry.failed ? " lms-failed" : ""}${
+          entry.index === current ? " lms-current" : ""}`);
+        const text = element("span", "lms-entry-text", entry.text);
+        row.title = entry.text;
+        row.append(element("span", "lms-entry-label", entry.label), text);
+        row.addEventListener("click", () => onPick(entry.index));
+        return row;
+      }));
+    },
+  };
+}
+
 function createView() {
   const root = element("div", "lmstudio-stream");
+  const list = element("div", "lms-list");
+  const notice = element("div", "lms-notice");
   const status = element("div", "lms-status");
   const thoughts = element("details", "lms-thoughts");
   thoughts.open = true;
@@ -92,26 +131,35 @@ function createView() {
   copy.type = "button";
   copy.title = "Copy the answer";
   footer.append(stats, copy);
-  root.append(status, thoughts, answer.pane, error, footer);
+  const answers = createAnswers((index) => {
+    // A click shows that item; clicking the item shown again follows the stream once more.
+    pickItem(state, state.pinned && state.focus === index ? null : index);
+    schedule();
+  });
+  root.append(list, notice, status, thoughts, answer.pane, error, footer, answers.box);
 
   let state = createState();
   const draw = () => {
-    status.textContent = state.status;
-    thoughts.style.display = state.reasoning ? "" : "none";
-    summary.textContent = state.running && !state.text ? "Reasoning…" : "Reasoning";
-    reasoning.show(state.reasoning);
-    answer.show(state.text);
-    error.textContent = state.error;
-    stats.textContent = state.stats;
-    stats.title = state.stats;
+    const item = visibleItem(state);
+    list.textContent = listSummary(state);
+    notice.textContent = state.notice;
+    status.textContent = item.status;
+    thoughts.style.display = item.reasoning ? "" : "none";
+    summary.textContent = state.running && !item.done && !item.text ? "Reasoning…" : "Reasoning";
+    reasoning.show(item.reasoning);
+    answer.show(item.text);
+    error.textContent = item.error;
+    stats.textContent = item.stats;
+    stats.title = item.stats;
+    answers.show(answerList(state), state.focus);
   };
   const schedule = createFrameScheduler(draw, (fn) => requestAnimationFrame(fn));
-  copy.addEventListener("click", () => copyText(state.text, copy));
+  copy.addEventListener("click", () => copyText(visibleItem(state).text, copy));
   draw();
   return {
     root,
-    update(chunkType, content) {
-      if (applyUpdate(state, chunkType, content)) schedule();
+    update(chunkType, content, index, count) {
+      if (applyUpdate(state, chunkType, content, index, count)) schedule();
     },
     replace(next) {
       state = next;
@@ -175,8 +223,9 @@ function attachModelPicker(node) {
     if (mine !== request) return; // a newer refresh (server_url changed meanwhile) wins
     options = pickerOptions(body);
     picker.options.values = [PICK_PROMPT, ...options.labels];
-    picker.value = pickerValue(options, modelId.value);
-    if (options.error) node.lmstudioStreamView?.update("status", options.error);
+    // Unreachable: the picker itself says so in one short line; the full explanation waits for a run, so a
+    // fresh node greets nobody with red text.
+    picker.value = options.error ? options.labels[0] : pickerValue(options, modelId.value);
     node.setDirtyCanvas?.(true, true);
   }
 
@@ -211,7 +260,7 @@ function onStreamUpdate(event) {
   if (!detail || typeof detail !== "object") return;
   const node = findNode(app.rootGraph ?? app.graph, detail.node_id);
   if (node?.comfyClass !== NODE_CLASS || !node.lmstudioStreamView) return;
-  node.lmstudioStreamView.update(detail.chunk_type, detail.content);
+  node.lmstudioStreamView.update(detail.chunk_type, detail.content, detail.index, detail.count);
 }
 
 app.registerExtension({

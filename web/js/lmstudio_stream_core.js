@@ -4,59 +4,145 @@
 export const STREAM_EVENT = "lmstudio.stream.update";
 export const NODE_CLASS = "LMStudioStreamChat";
 
-/** A widget's state: what the panes show. */
-export function createState() {
-  return { reasoning: "", text: "", status: "", stats: "", error: "", running: false };
+/** One list item's view: a single run is a list of one. */
+export function createItem() {
+  return { reasoning: "", text: "", status: "", stats: "", error: "", state: "queued", done: false };
 }
 
 /**
- * Apply one `lmstudio.stream.update` chunk to `state`. Returns false for a chunk type this widget does not
- * know (the server may grow new ones), true otherwise.
+ * A widget's state: every item of the run by its index, which one the panes show (`focus`), whether the user
+ * chose it (`pinned`), the list's length so far and a notice for the whole run.
  */
-export function applyUpdate(state, chunkType, content) {
+export function createState() {
+  return { items: new Map(), count: 0, focus: 0, pinned: false, running: false, notice: "" };
+}
+
+const CHUNK_TYPES = new Set(["clear", "reset", "item", "reasoning", "text", "status", "stats", "error", "notice",
+                             "done"]);
+
+/**
+ * Apply one `lmstudio.stream.update` chunk to `state`. `index` and `count` name the list item (absent from
+ * older servers: a single item). Returns false for a chunk type this widget does not know (the server may grow
+ * new ones), true otherwise.
+ */
+export function applyUpdate(state, chunkType, content, index = 0, count = 1) {
+  if (!CHUNK_TYPES.has(chunkType)) return false;
   const value = typeof content === "string" ? content : String(content ?? "");
+  const at = Number.isInteger(index) && index >= 0 ? index : 0;
+  if (chunkType === "clear" && (at === 0 || !state.running)) {
+    Object.assign(state, createState(), { running: true }); // item 0 starts first: a new run
+  }
+  state.count = Math.max(state.count, Number.isInteger(count) ? count : 1, at + 1);
+  let item = state.items.get(at);
+  if (!item) state.items.set(at, (item = createItem()));
   switch (chunkType) {
     case "clear":
-      Object.assign(state, createState(), { running: true });
-      return true;
+      Object.assign(item, createItem());
+      break;
+    case "reset": // a retry: the failed attempt's text goes
+      Object.assign(item, { reasoning: "", text: "", error: "" });
+      break;
+    case "item":
+      item.state = value;
+      break;
     case "reasoning":
-      state.reasoning += value;
-      return true;
+      item.reasoning += value;
+      break;
     case "text":
-      state.text += value;
-      state.status = "";
-      return true;
+      item.text += value;
+      item.status = "";
+      break;
     case "status":
-      state.status = value;
-      return true;
+      item.status = value;
+      break;
     case "stats":
-      state.stats = value;
-      return true;
+      item.stats = value;
+      break;
     case "error":
-      state.error = value;
-      return true;
+      item.error = value;
+      break;
+    case "notice":
+      state.notice = value;
+      break;
     case "done":
-      state.running = false;
-      if (state.status !== "Cancelled") state.status = "";
-      return true;
-    default:
-      return false;
+      item.done = true;
+      if (item.status !== "Cancelled") item.status = "";
+      state.running = [...state.items.values()].some((other) => !other.done);
+      break;
   }
+  if (!state.pinned) state.focus = followedItem(state);
+  return true;
+}
+
+/** The item the panes follow: the first one still streaming, else the one shown so far. */
+export function followedItem(state) {
+  const running = [...state.items.entries()].filter(([, item]) => item.state === "running" && !item.done);
+  if (running.length) return Math.min(...running.map(([index]) => index));
+  return state.items.has(state.focus) ? state.focus : Math.min(...state.items.keys(), 0);
+}
+
+/** What the panes show: the focused item. */
+export function visibleItem(state) {
+  return state.items.get(state.focus) ?? createItem();
+}
+
+/** Show one item and stop following the stream (`null` follows again). */
+export function pickItem(state, index) {
+  state.pinned = index !== null && state.items.has(index);
+  state.focus = state.pinned ? index : followedItem(state);
+}
+
+/** "item 3 of 12 · 2 done · 1 failed (#5) · 4 running · 5 queued"; empty for a single item. Numbers count from 1. */
+export function listSummary(state) {
+  if (state.count <= 1) return "";
+  const items = [...state.items.values()];
+  const tally = (name) => items.filter((item) => item.state === name).length;
+  const failed = [...state.items.entries()].filter(([, item]) => item.state === "failed").map(([i]) => `#${i + 1}`);
+  const parts = [`item ${state.focus + 1} of ${state.count}`, `${tally("done")} done`];
+  if (failed.length) parts.push(`${failed.length} failed (${failed.join(", ")})`);
+  if (tally("running")) parts.push(`${tally("running")} running`);
+  const queued = state.count - items.length + tally("queued");
+  if (queued > 0) parts.push(`${queued} queued`);
+  if (tally("cancelled")) parts.push(`${tally("cancelled")} cancelled`);
+  return parts.join(" · ");
+}
+
+/** The list's finished answers, in list order, for the answers pane: [{index, label, text, failed}]. */
+export function answerList(state) {
+  if (state.count <= 1) return [];
+  return [...state.items.entries()]
+    .filter(([, item]) => item.done)
+    .sort(([a], [b]) => a - b)
+    .map(([index, item]) => ({
+      index,
+      label: `#${index + 1}`,
+      text: item.error ? `Error: ${item.error}` : item.text,
+      failed: Boolean(item.error) || item.state === "failed",
+    }));
 }
 
 /** The state carried by the node's `executed` message (`ui` output), for cached runs and late page loads. */
 export function stateFromExecuted(output) {
-  const entry = output?.lmstudio?.[0];
-  if (!entry || typeof entry !== "object") return null;
+  const entries = Array.isArray(output?.lmstudio) ? output.lmstudio.filter((e) => e && typeof e === "object") : [];
+  if (!entries.length) return null;
   const state = createState();
-  const text = String(entry.text ?? "");
-  state.reasoning = String(entry.reasoning ?? "");
-  state.stats = String(entry.stats ?? "");
-  if (state.stats.startsWith("error") && text.startsWith("Error: ")) {
-    state.error = text.slice("Error: ".length);
-  } else {
-    state.text = text;
-  }
+  entries.forEach((entry, position) => {
+    const item = createItem();
+    const text = String(entry.text ?? "");
+    item.reasoning = String(entry.reasoning ?? "");
+    item.stats = String(entry.stats ?? "");
+    item.done = true;
+    if (item.stats.startsWith("error") && text.startsWith("Error: ")) {
+      item.error = text.slice("Error: ".length);
+      item.state = "failed";
+    } else {
+      item.text = text;
+      item.state = "done";
+    }
+    state.items.set(Number.isInteger(entry.index) ? entry.index : position, item);
+  });
+  state.count = Math.max(entries.length, ...[...state.items.keys()].map((i) => i + 1));
+  state.focus = Math.min(...state.items.keys());
   return state;
 }
 
