@@ -259,15 +259,18 @@ def http_error(
         return model_not_found(model, message, who)
     if images and refuses_images(message):
         return not_vision_capable(model, who)
+    if status == 404 and "/api/v1/" in url:
+        return LMStudioError(
+            f"{who} has no endpoint {url} (HTTP 404: {message[:200]}). The native REST API needs LM Studio 0.4.0 or "
+            "later; update LM Studio or choose the OpenAI-compatible mode (which other servers, such as llama.cpp's, "
+            "speak too)."
+        )
     if isinstance(body, str) and body.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
         return not_lmstudio(url, f"it answered HTTP {status} with a web page")
     if status in (404, 405) and who != LMSTUDIO:
         return not_lmstudio(url, f"it has no chat endpoint there (HTTP {status})")
     if status == 404:
-        return LMStudioError(
-            f"LM Studio has no endpoint {url} (HTTP 404: {message}). The native REST API needs LM Studio 0.4.0 or "
-            "later; update LM Studio or choose the OpenAI-compatible mode."
-        )
+        return LMStudioError(f"LM Studio has no endpoint {url} (HTTP 404: {message}).")
     return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}", transient=status >= 500)
 
 

@@ -172,12 +172,13 @@ def parse_native_models(body: Any) -> list[ModelInfo]:
 
 
 def parse_openai_models(body: Any) -> list[ModelInfo]:
-    """`GET /v1/models`; `input_modalities` (llama.cpp and others) tells vision where a server sends it."""
+    """`GET /v1/models`; `input_modalities` (llama.cpp and others) tells vision where the server sends it."""
     models = []
     for entry in body.get("data", []) if isinstance(body, dict) else []:
         if not isinstance(entry, dict) or "id" not in entry:
             continue
-        modalities = entry.get("input_modalities")
+        # llama.cpp nests it (`architecture.input_modalities`); some servers put it at the top.
+        modalities = (entry.get("architecture") or {}).get("input_modalities", entry.get("input_modalities"))
         vision = "image" in modalities if isinstance(modalities, list) else None
         models.append(ModelInfo(key=str(entry["id"]), display_name=str(entry["id"]), vision=vision))
     return models

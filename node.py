@@ -10,9 +10,8 @@ import asyncio
 import logging
 from dataclasses import asdict
 
-from aiohttp import web
-
 import comfy.model_management as model_management
+from aiohttp import web
 from comfy.utils import ProgressBar
 from comfy_api.latest import ComfyExtension, io
 from comfy_execution.utils import get_executing_context
@@ -271,7 +270,8 @@ class LMStudioStreamChat(io.ComfyNode):
                     optional=True,
                     multiline=True,
                     default="",
-                    tooltip="Instructions that lead the chat (e.g. 'Answer with one short caption.'). Empty sends none.",
+                    tooltip="Instructions that lead the chat (e.g. 'Answer with one short caption.'). "
+                    "Empty sends none.",
                 ),
                 io.Int.Input(
                     "seed",
@@ -361,7 +361,7 @@ class LMStudioStreamChat(io.ComfyNode):
         except _Aborted as exc:
             _finish(channel, CANCELLED, "Stopped: another item failed")
             raise RuntimeError(str(exc)) from None
-        except Exception as exc:  # noqa: BLE001 - the error policy decides; nothing is swallowed silently
+        except Exception as exc:
             return _failed(exc, options, channel, relay, connection_mode, debug_mode)
         stats = relay.stats or Stats(mode=connection_mode)
         summary = stats.summary()
@@ -420,8 +420,9 @@ async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> Non
     if confirmed:
         channel.send("status", f"Unloaded {model}")
     else:
-        log.warning("LM Studio Chat: %s was still loaded %.0f s after the unload request", model, UNLOAD_CONFIRM_SECONDS)
-        channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {UNLOAD_CONFIRM_SECONDS:.0f} s")
+        seconds = UNLOAD_CONFIRM_SECONDS
+        log.warning("LM Studio Chat: %s was still loaded %.0f s after the unload request", model, seconds)
+        channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
 def _output(index: int, text: str, reasoning: str, summary: str, stats: Stats) -> io.NodeOutput:

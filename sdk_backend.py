@@ -124,6 +124,7 @@ class _Run:
         self.task: asyncio.Task | None = None
         self.stream: Any = None
         self.connected = self.started = self.stopping = False
+        self._canceller: asyncio.Future | None = None
         self.received = 0
 
     async def main(self) -> None:
@@ -132,7 +133,7 @@ class _Run:
             await self._attempts()
         except asyncio.CancelledError:
             pass
-        except BaseException as exc:  # noqa: BLE001 - every failure reaches the run's loop, explained
+        except BaseException as exc:
             self.handoff.put(self._explain(exc))
             return
         self.handoff.put(_END)
@@ -158,7 +159,7 @@ class _Run:
             return
         self.stopping = True
         if self.stream is not None:
-            asyncio.ensure_future(self._cancel_stream())
+            self._canceller = asyncio.ensure_future(self._cancel_stream())  # kept: a task nobody holds may vanish
         elif self.task is not None:
             self.task.cancel()
 

@@ -83,7 +83,7 @@ class KeptClient:
             async with self._open_client() as client:
                 self._ready.set_result(client)
                 await self._close.wait()
-        except BaseException as exc:  # noqa: BLE001 - handed to whoever waits for the client
+        except BaseException as exc:
             if not self._ready.done():
                 self._ready.set_exception(exc)
                 self._ready.exception()  # waiters get it through `client()`; a run that left needs no warning
@@ -101,7 +101,7 @@ class KeptClient:
         self._close.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._owner), SHUTDOWN_SECONDS)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - a dead socket may fail to close; it is gone anyway
+        except (asyncio.TimeoutError, Exception):
             self._owner.cancel()
 
 

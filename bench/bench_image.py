@@ -61,7 +61,7 @@ def main(rounds: int = 300) -> int:
             bare_s.append(median_seconds(bare, batch, rounds // 15))
             ours_s.append(median_seconds(ours, batch, rounds // 15))
         b, o = statistics.median(bare_s), statistics.median(ours_s)
-        ratio = statistics.median(ours / bare for ours, bare in zip(ours_s, bare_s))
+        ratio = statistics.median(ours / bare for ours, bare in zip(ours_s, bare_s, strict=True))
         worst = max(worst, ratio)
         print(f"1024x1024 RGB {name:8s}: bare {b * 1000:6.1f} ms | ours {o * 1000:6.1f} ms | ratio {ratio:.2f}x")
     print(f"worst ratio {worst:.2f}x (limit {LIMIT}x): {'OK' if worst <= LIMIT else 'TOO SLOW'}")

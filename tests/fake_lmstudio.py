@@ -119,6 +119,8 @@ class FakeLMStudio:
     stream_json_error: Any = None  # answer chat requests with 200 application/json (LM Studio's unknown endpoint)
     models: list[dict[str, Any]] = field(default_factory=lambda: [native_model(MODEL, loaded=True)])
     native_api: bool = True  # False: LM Studio before 0.4 (its 200 "Unexpected endpoint" answer for /api/v1/*)
+    lmstudio: bool = True  # False: another OpenAI-compatible server (no greeting, no native API: plain 404s)
+    input_modalities: list[str] | None = None  # llama.cpp's `architecture.input_modalities` in /v1/models
     unload_delay: float = 0.0  # seconds an unloaded model stays listed (LM Studio freeing VRAM)
     # LM Studio's `parallel`: predictions beyond it wait inside the server, with nothing on the wire, for a slot.
     parallel: int = 4
@@ -130,7 +132,7 @@ class FakeLMStudio:
     requests: list[Recorded] = field(default_factory=list)
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     # SDK (websocket) side
-    sdk: "FakeSDK" = field(default_factory=lambda: FakeSDK())
+    sdk: FakeSDK = field(default_factory=lambda: FakeSDK())
 
     def app(self) -> web.Application:
         self._slots = asyncio.Semaphore(self.parallel)
@@ -138,6 +140,10 @@ class FakeLMStudio:
         self.sdk.owner = self
         app = web.Application()
         app.on_shutdown.append(self.sdk.drop_all)  # LM Studio quitting drops its websockets at once
+        if not self.lmstudio:
+            app.router.add_post("/v1/chat/completions", self._openai_chat)
+            app.router.add_get("/v1/models", self._openai_models)
+            return app
         app.router.add_post("/api/v1/chat", self._rest_chat)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_get("/api/v1/models", self._native_models)
@@ -182,7 +188,9 @@ class FakeLMStudio:
 
     async def _openai_models(self, request: web.Request) -> web.Response:
         await self._record(request)
+        architecture = {"architecture": {"input_modalities": self.input_modalities, "output_modalities": ["text"]}}
         return web.json_response({"data": [{"id": m["key"], "object": "model", "owned_by": "organization_owner"}
+                                           | (architecture if self.input_modalities else {})
                                            for m in self.models], "object": "list"})
 
     def _frame(self, data: Any, event: str | None = None) -> str:

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from fake_lmstudio import MODEL, native_model
+from PIL import Image
 
 CLI = Path(__file__).resolve().parent.parent / "cli.py"
 

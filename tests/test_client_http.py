@@ -7,8 +7,8 @@ import re
 import time
 
 import pytest
-
 from fake_lmstudio import MODEL, native_model, openai_chunk, openai_script, rest_script
+
 from lmstudio_pack.chat import (
     ChatRequest,
     ConnectionMode,
@@ -258,7 +258,7 @@ async def test_http_errors_carry_the_servers_message(lmstudio, mode, status, bod
 
 async def test_unknown_endpoint_quirk_means_old_lm_studio(lmstudio):
     lmstudio.stream_json_error = {"error": "Unexpected endpoint or method. (POST /api/v1/chat). Returning 200 anyway"}
-    with pytest.raises(LMStudioError, match="needs LM Studio 0.4.0 or later"):
+    with pytest.raises(LMStudioError, match=r"needs LM Studio 0\.4\.0 or later"):
         await collect(request_for(lmstudio, REST, model=MODEL))
 
 
@@ -349,3 +349,66 @@ async def test_api_token_is_sent_as_bearer(lmstudio):
         assert recorded.headers["Authorization"] == "Bearer sk-lm-abcdefgh:abcdefghijklmnopqrst"
     assert "abcdefgh" not in repr(request_for(lmstudio, REST, api_token="sk-lm-abcdefgh:x"))
     assert request_for(lmstudio, REST, api_token="sk-lm-abcdefgh:x").describe()["api_token"] == "set"
+
+
+# ------------------------------------------------------------------------------------ what answered
+
+
+async def test_messages_name_a_server_that_is_not_lm_studio(fake, aiohttp_server):
+    from aiohttp import web
+
+    fake.lmstudio = False  # an OpenAI-compatible server that is not LM Studio
+    fake.http_error = (500, {"error": {"message": "boom"}})
+    server = await aiohttp_server(fake.app())
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(LMStudioError, match=rf"^The server at {url} answered HTTP 500 to {url}/v1/chat/completions: boom"):
+        await collect(ChatRequest(prompt="Hi", server_url=url, mode=OPENAI, model="m"))
+    with pytest.raises(LMStudioError, match=r"has no endpoint .*/api/v1/chat.*needs LM Studio 0\.4\.0 or later"):
+        await collect(ChatRequest(prompt="Hi", server_url=url, mode=REST, model="m"))
+
+
+async def test_pointing_at_a_web_app_says_it_is_not_an_llm_server(aiohttp_server):
+    from aiohttp import web
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text="<!DOCTYPE html><html><body>ComfyUI</body></html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", page)  # like ComfyUI itself: a page, no chat endpoint
+    server = await aiohttp_server(app)
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(LMStudioError) as caught:
+        await collect(ChatRequest(prompt="Hi", server_url=url, mode=OPENAI, model="m"))
+    message = str(caught.value)
+    assert message.startswith(f"The server at {url}/v1/chat/completions is not an LLM server")
+    assert "Check server_url" in message and "LM Studio" not in message.split(":")[0]
+
+
+async def test_lm_studio_keeps_its_name(lmstudio):
+    lmstudio.http_error = (500, {"error": {"message": "boom"}})
+    with pytest.raises(LMStudioError, match=r"^LM Studio answered HTTP 500"):
+        await collect(ChatRequest(prompt="Hi", server_url=lmstudio.url, mode=OPENAI, model="m"))
+
+
+async def test_vision_check_for_servers_that_are_not_lm_studio(fake, aiohttp_server):
+    """What llama.cpp's llama-server says of a text-only model: `/v1/models` `architecture.input_modalities`."""
+    fake.lmstudio = False
+    fake.models = [native_model("smol")]
+    fake.input_modalities = ["text"]
+    server = await aiohttp_server(fake.app())
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(LMStudioError, match=rf"Model 'smol' cannot see images: The server at {url} reports"):
+        await collect(ChatRequest(prompt="Hi", server_url=url, mode=OPENAI, model="smol", images=(b"jpeg",)))
+    assert not fake.chat_requests()  # refused before anything was sent
+
+
+async def test_an_image_refusal_from_the_server_becomes_the_vision_message(fake, aiohttp_server):
+    """A server that says nothing about vision: the image is sent, and its refusal mapped."""
+    fake.lmstudio = False
+    fake.http_error = (500, {"error": {"code": 500, "message": "image input is not supported - hint: if this is "
+                                       "unexpected, you may need to provide the mmproj", "type": "server_error"}})
+    server = await aiohttp_server(fake.app())
+    url = f"http://127.0.0.1:{server.port}"
+    with pytest.raises(LMStudioError, match=r"Model 'qwen/qwen3-vl-4b' cannot see images"):
+        await collect(ChatRequest(prompt="Hi", server_url=url, mode=OPENAI, model=MODEL, images=(b"jpeg",)))
+    assert len(fake.chat_requests()) == 1

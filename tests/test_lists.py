@@ -11,11 +11,11 @@ import time
 import comfy.model_management as model_management
 import pytest
 import torch
-
 from fake_lmstudio import MODEL, native_model
+from node_helpers import NODE_ID, Recorder, events, run, run_list
+
 from lmstudio_pack import node as node_module
 from lmstudio_pack.chat import ChatRequest
-from node_helpers import NODE_ID, Recorder, events, run, run_list
 
 MODES = pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible", "SDK"])
 SLOW = 0.03  # seconds between frames: an item takes a measurable time
@@ -65,7 +65,8 @@ async def test_max_parallel_overrides_the_servers_slots(lmstudio, comfy):
     slow(lmstudio)
     await run_list(lmstudio.url, "REST API", count=6, max_parallel=1)
     assert lmstudio.peak_in_flight == 1
-    assert any("Queued: 1 at a time (max_parallel in LM Studio Chat Options)" == c for k, c in events() if k == "status")
+    queued = "Queued: 1 at a time (max_parallel in LM Studio Chat Options)"
+    assert any(c == queued for k, c in events() if k == "status")
 
 
 async def test_a_server_that_does_not_report_its_slots_gets_the_default(lmstudio, comfy):
@@ -118,7 +119,6 @@ async def test_cancel_consumed_by_the_progress_hook_still_stops_the_others(lmstu
     async def cancel_soon() -> None:
         await asyncio.sleep(0.4)
         model_management.interrupt_current_processing(True)
-        model_management.throw_exception_if_processing_interrupted.__call__ if False else None
         try:
             model_management.throw_exception_if_processing_interrupted()  # another consumer took the flag
         except model_management.InterruptProcessingException:

@@ -10,8 +10,8 @@ import time
 
 import pytest
 from aiohttp import web
-
 from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
+
 from lmstudio_pack import sdk_backend, sdk_runtime
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
 from lmstudio_pack.client import stream_chat
@@ -95,7 +95,7 @@ async def test_lm_studio_really_down_gives_the_usual_message(aiohttp_server):
 
 
 async def test_killed_mid_stream_then_back(aiohttp_server):
-    fake, server = await start_fake(aiohttp_server)
+    fake, _ = await start_fake(aiohttp_server)
     try:
         fake.sdk.fragments = [sdk_fragment(f"t{i} ") for i in range(50)]
         fake.sdk.drop_after_fragments = 3  # the server dies mid-answer

@@ -35,7 +35,7 @@ def mean_rgb(jpeg: bytes) -> tuple[float, float, float]:
 
 
 def assert_close(rgb, expected, tol=4):
-    assert all(abs(a - b) <= tol for a, b in zip(rgb, expected)), (rgb, expected)
+    assert all(abs(a - b) <= tol for a, b in zip(rgb, expected, strict=True)), (rgb, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])

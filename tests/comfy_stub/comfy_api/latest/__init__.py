@@ -6,7 +6,7 @@ from . import _io as io
 
 
 class ComfyExtension(ABC):
-    async def on_load(self) -> None:
+    async def on_load(self) -> None:  # noqa: B027 - optional hook with an empty default, as in ComfyUI
         """Never called by ComfyUI 0.8.0 (comfyui-facts.md 1a)."""
 
     @abstractmethod

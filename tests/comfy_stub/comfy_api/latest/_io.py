@@ -47,7 +47,8 @@ class WidgetInput(Input):
                  widget_type: str | None = None, force_input: bool | None = None, extra_dict: dict | None = None,
                  raw_link: bool | None = None) -> None:
         super().__init__(id, display_name, optional, tooltip, lazy, extra_dict, raw_link)
-        self.default, self.socketless, self.widget_type, self.force_input = default, socketless, widget_type, force_input
+        self.default, self.socketless = default, socketless
+        self.widget_type, self.force_input = widget_type, force_input
 
 
 class Output:

@@ -1,0 +1,37 @@
+"""What the benches share: the pack loaded as the tests load it (with the stand-in of ComfyUI where ComfyUI is
+not importable) and the tests' local LM Studio stand-in on loopback. Benches are run on purpose, not in CI."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path.insert(0, str(TESTS))
+import conftest  # noqa: E402,F401  (puts the package under its alias and ComfyUI's stand-in on the path)
+from fake_lmstudio import FakeLMStudio  # noqa: E402
+
+
+async def serve(fake: FakeLMStudio) -> web.AppRunner:
+    """Start `fake` on a free loopback port; `fake.url` is set."""
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    return runner
+
+
+async def median_time(make: Callable[[], Awaitable[object]], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        await make()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)

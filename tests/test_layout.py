@@ -1,0 +1,87 @@
+"""The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
+
+    node.py / options_node.py / cli.py -> client.py -> rest_backend / openai_backend / sdk_backend
+      -> http_common, sdk_runtime, sse -> chat, utils
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MODULES = {path.stem: path for path in ROOT.glob("*.py")}
+# Each module may import only modules of a lower layer.
+LAYERS = {
+    "chat": 0, "utils": 0, "sse": 0, "slots": 0, "list_run": 0,
+    "http_common": 1, "sdk_runtime": 1, "relay": 1,
+    "rest_backend": 2, "openai_backend": 2, "sdk_backend": 2,
+    "client": 3,
+    "options_node": 4,
+    "node": 5, "cli": 5,
+    "__init__": 6,
+}
+COMFY = ("comfy", "comfy_api", "comfy_execution", "server", "nodes", "execution", "folder_paths")
+
+
+def imports(name: str) -> set[str]:
+    """The pack's modules that `name` imports (relative imports)."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found & MODULES.keys()
+
+
+def absolute_imports(name: str) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+def test_every_module_has_a_layer():
+    assert set(MODULES) == set(LAYERS)
+
+
+def test_imports_only_go_down_the_layers():
+    for name in MODULES:
+        for target in imports(name):
+            assert LAYERS[target] < LAYERS[name], f"{name} imports {target}"
+
+
+def test_no_import_cycle():
+    graph = {name: imports(name) for name in MODULES}
+    visiting: list[str] = []
+    done: set[str] = set()
+
+    def visit(name: str) -> None:
+        assert name not in visiting, " -> ".join([*visiting[visiting.index(name):], name])
+        if name in done:
+            return
+        visiting.append(name)
+        for target in graph[name]:
+            visit(target)
+        visiting.pop()
+        done.add(name)
+
+    for name in graph:
+        visit(name)
+
+
+def test_only_the_node_modules_import_comfyui():
+    for name in MODULES:
+        if name not in ("node", "options_node", "__init__"):
+            assert not absolute_imports(name) & set(COMFY), name
+
+
+def test_backends_do_not_know_each_other():
+    backends = {"rest_backend", "openai_backend", "sdk_backend"}
+    for name in backends:
+        assert not imports(name) & (backends - {name}), name

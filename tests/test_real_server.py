@@ -1,0 +1,186 @@
+"""The real-server tier: llama.cpp's `llama-server` (the engine LM Studio runs GGUF models with) and a tiny chat
+model, in OpenAI-compatible mode. Runs when LLAMA_SERVER_BIN and LLAMA_MODEL are set (tests/real_server/setup.sh
+prints them); the server starts on a free loopback port with 4 slots and stops afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
+from lmstudio_pack.client import list_models, stream_chat
+from node_helpers import events, run, run_list
+
+BIN, MODEL_FILE = os.environ.get("LLAMA_SERVER_BIN"), os.environ.get("LLAMA_MODEL")
+if not (BIN and MODEL_FILE):
+    pytest.skip("the real-server tier needs LLAMA_SERVER_BIN and LLAMA_MODEL (eval \"$(tests/real_server/setup.sh)\")",
+                allow_module_level=True)
+
+ALIAS = "smollm2-135m-instruct"
+SLOTS = 4
+OPENAI = ConnectionMode.OPENAI
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def get_json(url: str) -> object:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server_url():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen(
+        [BIN, "-m", MODEL_FILE, "--alias", ALIAS, "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
+         "-np", str(SLOTS), "-t", "1", "--no-webui", "--metrics"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if get_json(f"{url}/health") == {"status": "ok"}:
+                break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            tail = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr else ""
+            pytest.fail(f"llama-server did not start (exit {process.returncode}): {tail}")
+        time.sleep(0.1)
+    yield url
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def busy_slots(url: str) -> int:
+    return sum(1 for slot in get_json(f"{url}/slots") if slot.get("is_processing"))
+
+
+def prompt_tokens_total(url: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as response:
+        return float(re.search(r"^llamacpp:prompt_tokens_total (\S+)$", response.read().decode(), re.M).group(1))
+
+
+def request(url: str, **kwargs) -> ChatRequest:
+    return ChatRequest(prompt=kwargs.pop("prompt", "Name three colours."), server_url=url, mode=OPENAI,
+                       model=kwargs.pop("model", ALIAS), temperature=kwargs.pop("temperature", 0.2), **kwargs)
+
+
+async def test_streams_a_short_answer_with_the_servers_usage(server_url):
+    arrivals = []
+    async for event in stream_chat(request(server_url, max_tokens=48)):
+        arrivals.append((time.monotonic(), event))
+    deltas = [(t, e.text) for t, e in arrivals if isinstance(e, TextDelta)]
+    assert len(deltas) >= 3 and deltas[-1][0] > deltas[0][0]  # token by token, over time
+    stats = arrivals[-1][1].stats
+    assert isinstance(arrivals[-1][1], Finished)
+    assert "".join(text for _, text in deltas).strip()
+    assert stats.input_tokens and stats.input_tokens > 5 and stats.output_tokens and stats.output_tokens > 0
+    assert stats.tokens_per_second and stats.tokens_per_second > 0 and stats.time_to_first_token is not None
+    assert stats.model == ALIAS and stats.stop_reason in ("stop", "length")
+
+
+async def test_max_tokens_is_honoured(server_url):
+    events_ = [e async for e in stream_chat(request(server_url, prompt="Write a long story.", max_tokens=5))]
+    stats = events_[-1].stats
+    assert stats.output_tokens <= 5 and stats.stop_reason == "length"
+
+
+async def test_cancel_mid_stream_stops_the_servers_generation(server_url):
+    stream = stream_chat(request(server_url, prompt="Count from 1 to 500, one number a line.", max_tokens=800))
+    seen = 0
+    async for event in stream:
+        seen += isinstance(event, TextDelta)
+        if seen == 3:
+            break
+    assert busy_slots(server_url) >= 1
+    await stream.aclose()  # what the node does on Cancel
+    started = time.monotonic()
+    while busy_slots(server_url) and time.monotonic() - started < 2:
+        await asyncio.sleep(0.05)
+    print(f"\nreal server: slots idle {(time.monotonic() - started) * 1000:.0f} ms after the stream was closed")
+    assert busy_slots(server_url) == 0
+
+
+async def test_the_model_list(server_url):
+    models = await list_models(server_url)
+    assert [m.key for m in models] == [ALIAS]
+    assert models[0].vision is False  # from `architecture.input_modalities`
+
+
+async def test_an_image_to_a_text_only_model_is_refused_before_anything_is_sent(server_url):
+    before = prompt_tokens_total(server_url)
+    with pytest.raises(LMStudioError) as caught:
+        [e async for e in stream_chat(request(server_url, images=(b"not sent",)))]
+    assert str(caught.value).startswith(f"Model '{ALIAS}' cannot see images: The server at {server_url} reports")
+    assert "LM Studio reports" not in str(caught.value)
+    assert prompt_tokens_total(server_url) == before
+
+
+async def test_the_node_gives_the_same_outputs_and_events_as_against_the_stand_in(server_url, lmstudio, comfy):
+    from fake_lmstudio import openai_script
+
+    def shape() -> list[str]:
+        kinds = [kind for kind, _ in events()]
+        return [k for i, k in enumerate(kinds) if i == 0 or k != kinds[i - 1]]  # runs collapsed
+
+    real = await run(server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=32, temperature=0.2)
+    real_shape, real_events = shape(), events()
+    comfy.messages.clear()
+    lmstudio.openai_chunks = openai_script(["A red", " square."])
+    stand_in = await run(lmstudio.url, "OpenAI-compatible", model_id=ALIAS)
+    assert real_shape == shape() == ["clear", "text", "stats", "done"]
+    text = real.args[0]
+    assert text and text == "".join(c for k, c in real_events if k == "text")
+    assert len(real.args) == len(stand_in.args) == 8
+    assert f"mode: OpenAI-compatible | model: {ALIAS}" in real.args[2]
+    assert real.args[3] > 0 and real.args[5] > 0 and real.args[6] > 0  # tokens/s, input and output tokens
+    assert real.ui["lmstudio"][0]["text"] == text
+
+
+async def test_a_list_respects_the_servers_slots(server_url, comfy):
+    peak = 0
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, await asyncio.to_thread(busy_slots, server_url))
+            await asyncio.sleep(0.02)
+
+    watcher = asyncio.create_task(watch())
+    try:
+        outputs, ui, _ = await run_list(server_url, "OpenAI-compatible", count=8, model_id=ALIAS, max_tokens=24)
+    finally:
+        done.set()
+        await watcher
+    assert len(outputs[0]) == 8 and not [t for t in outputs[0] if t.startswith("Error")]
+    assert [e["index"] for e in ui["lmstudio"]] == list(range(8))
+    assert 1 <= peak <= SLOTS
+    assert ("status", "Queued: 4 at a time (the loaded model's parallel slots)") in events()
+
+
+def test_the_terminal_command(server_url):
+    result = subprocess.run([sys.executable, str(ROOT / "cli.py"), "Say hello.", "--mode", "openai", "--server",
+                             server_url, "--model", ALIAS, "--max-tokens", "16"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "mode: OpenAI-compatible" in result.stdout and f"model: {ALIAS}" in result.stdout
+    listing = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--list-models", "--server", server_url],
+                             capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0 and listing.stdout.strip() == ALIAS
