@@ -17,12 +17,12 @@ from __future__ import annotations
 import asyncio
 
 import lmstudio as lms
+
 from _harness import FakeLMStudio, median_time, serve
 from fake_lmstudio import MODEL, sdk_fragment
-from node_helpers import run
-
 from lmstudio_pack.sdk_runtime import RUNTIME
 from lmstudio_pack.utils import sdk_api_host
+from node_helpers import run
 
 ROUNDS = 15
 TOKENS = 5000

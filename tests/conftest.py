@@ -73,8 +73,9 @@ def comfy(monkeypatch):
 
     import comfy.model_management as model_management
     import comfy.utils as comfy_utils
-    from node_helpers import CLIENT_ID, Recorder
     from server import PromptServer
+
+    from node_helpers import CLIENT_ID, Recorder
 
     recorder = Recorder()
     server = PromptServer.instance

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from fake_lmstudio import MODEL
-
 from lmstudio_pack.node import STREAM_EVENT, LMStudioStreamChat
 from lmstudio_pack.options_node import ChatOptions
 

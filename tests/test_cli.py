@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from fake_lmstudio import MODEL, native_model
 from PIL import Image
+
+from fake_lmstudio import MODEL, native_model
 
 CLI = Path(__file__).resolve().parent.parent / "cli.py"
 

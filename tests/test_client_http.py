@@ -7,8 +7,8 @@ import re
 import time
 
 import pytest
-from fake_lmstudio import MODEL, native_model, openai_chunk, openai_script, rest_script
 
+from fake_lmstudio import MODEL, native_model, openai_chunk, openai_script, rest_script
 from lmstudio_pack.chat import (
     ChatRequest,
     ConnectionMode,
@@ -355,13 +355,13 @@ async def test_api_token_is_sent_as_bearer(lmstudio):
 
 
 async def test_messages_name_a_server_that_is_not_lm_studio(fake, aiohttp_server):
-    from aiohttp import web
 
     fake.lmstudio = False  # an OpenAI-compatible server that is not LM Studio
     fake.http_error = (500, {"error": {"message": "boom"}})
     server = await aiohttp_server(fake.app())
     url = f"http://127.0.0.1:{server.port}"
-    with pytest.raises(LMStudioError, match=rf"^The server at {url} answered HTTP 500 to {url}/v1/chat/completions: boom"):
+    expected = rf"^The server at {url} answered HTTP 500 to {url}/v1/chat/completions: boom"
+    with pytest.raises(LMStudioError, match=expected):
         await collect(ChatRequest(prompt="Hi", server_url=url, mode=OPENAI, model="m"))
     with pytest.raises(LMStudioError, match=r"has no endpoint .*/api/v1/chat.*needs LM Studio 0\.4\.0 or later"):
         await collect(ChatRequest(prompt="Hi", server_url=url, mode=REST, model="m"))

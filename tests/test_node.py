@@ -10,12 +10,12 @@ from dataclasses import asdict
 import comfy.model_management as model_management
 import pytest
 import torch
-from fake_lmstudio import MODEL, openai_script, rest_script
-from node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 
 import lmstudio_pack
+from fake_lmstudio import MODEL, openai_script, rest_script
 from lmstudio_pack.node import LMStudioStreamChat
 from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOptions
+from node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 
 # ------------------------------------------------------------------------------------------ registration
 

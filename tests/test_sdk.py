@@ -7,8 +7,8 @@ import base64
 import time
 
 import pytest
-from fake_lmstudio import MODEL, sdk_error, sdk_fragment, sdk_script
 
+from fake_lmstudio import MODEL, sdk_error, sdk_fragment, sdk_script
 from lmstudio_pack import sdk_backend
 from lmstudio_pack.chat import (
     ChatRequest,

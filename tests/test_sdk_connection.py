@@ -10,8 +10,8 @@ import time
 
 import pytest
 from aiohttp import web
-from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
 
+from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
 from lmstudio_pack import sdk_backend, sdk_runtime
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
 from lmstudio_pack.client import stream_chat

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+
 from browser import Chromium, chromium_path
 
 ROOT = Path(__file__).resolve().parent.parent
