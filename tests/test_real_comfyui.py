@@ -24,3 +24,18 @@ def test_real_comfy_api_is_in_use():
     import comfy_api.latest
 
     assert "comfy_stub" not in (comfy_api.latest.__file__ or "")
+
+
+async def test_the_real_executor_maps_the_node_over_a_list(lmstudio, comfy):
+    """ComfyUI's own `execution._async_map_node_over_list` over a list of 6 (every test_lists.py test uses it too)."""
+    import execution
+
+    from node_helpers import run_list
+
+    assert "comfy_stub" not in (execution.__file__ or "")
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.02
+    outputs, ui, _ = await run_list(lmstudio.url, "REST API", count=6)
+    assert outputs[0] == [f"Answer to Describe {i}" for i in range(6)]
+    assert [entry["index"] for entry in ui["lmstudio"]] == list(range(6))
+    assert lmstudio.peak_in_flight == 4

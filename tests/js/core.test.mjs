@@ -217,3 +217,58 @@ test("a new run starts with item 0; a cached list comes back from the executed m
   assert.deepEqual(answerList(cached).map((e) => [e.label, e.text, e.failed]),
                    [["#1", "first", false], ["#2", "Error: refused", true]]);
 });
+
+// ----------------------------------------------------------------------------------------- old workflows
+
+import { readFileSync } from "node:fs";
+import { migrateWorkflow } from "../../web/js/lmstudio_stream_core.js";
+
+const fixture = (name) => JSON.parse(readFileSync(new URL(`./fixtures/${name}`, import.meta.url), "utf8"));
+
+function consistent(workflow) {
+  const nodes = new Map(workflow.nodes.map((n) => [n.id, n]));
+  assert.equal(nodes.size, workflow.nodes.length);
+  assert.ok(workflow.last_node_id >= Math.max(...nodes.keys()));
+  for (const [id, src, slot, dst, dstSlot, type] of workflow.links) {
+    assert.ok(nodes.get(src).outputs[slot].links.includes(id));
+    assert.equal(nodes.get(dst).inputs[dstSlot].link, id);
+    assert.equal(nodes.get(dst).inputs[dstSlot].type, type);
+  }
+}
+
+test("a first-release workflow with non-default settings gets a linked options node", () => {
+  const workflow = fixture("first_release_generate_then_caption.json");
+  assert.equal(migrateWorkflow(workflow), 1);
+  const chat = workflow.nodes.find((n) => n.type === "LMStudioStreamChat");
+  const options = workflow.nodes.find((n) => n.type === "LMStudioChatOptions");
+  assert.deepEqual(chat.widgets_values.slice(7), ["", 0, "fixed"]); // system_prompt, seed, control
+  assert.equal(chat.widgets_values.length, 10);
+  // send_all_images .. free_comfy_vram as saved (unload, free ComfyUI's VRAM), and max_parallel's default
+  assert.deepEqual(options.widgets_values, [false, 1024, 90, "output error text", "auto", "unload", 10, true, 0]);
+  assert.deepEqual(chat.inputs.map((i) => i.name), ["image", "options"]);
+  consistent(workflow);
+  assert.equal(migrateWorkflow(workflow), 0); // idempotent: a migrated workflow is today's layout
+});
+
+test("a first-release workflow with default settings keeps its values and needs no options node", () => {
+  const workflow = fixture("first_release_caption_an_image.json");
+  const nodes = workflow.nodes.length;
+  assert.equal(migrateWorkflow(workflow), 1);
+  const chat = workflow.nodes.find((n) => n.type === "LMStudioStreamChat");
+  assert.equal(workflow.nodes.length, nodes);
+  assert.equal(chat.widgets_values[7],
+               "You caption images for an image-generation dataset. Answer with the caption only.");
+  assert.deepEqual(chat.widgets_values.slice(0, 3), ["Write one detailed caption for this image: subject, setting, "
+                                                     + "colours, light, style.", "", "SDK"]);
+  consistent(workflow);
+});
+
+test("today's workflows and other nodes are left alone", () => {
+  const today = { nodes: [{ id: 1, type: "LMStudioStreamChat", widgets_values: ["p", "", "SDK", "u", 0.7, -1, false,
+                                                                                  "", 0, "fixed"] },
+                          { id: 2, type: "KSampler", widgets_values: new Array(18).fill(false) }], links: [] };
+  const before = structuredClone(today);
+  assert.equal(migrateWorkflow(today), 0);
+  assert.deepEqual(today, before);
+  assert.equal(migrateWorkflow(null), 0);
+});

@@ -15,6 +15,7 @@ import {
   findNode,
   isNearBottom,
   listSummary,
+  migrateWorkflow,
   modelsRoute,
   pickItem,
   pickerOptions,
@@ -26,6 +27,10 @@ import {
 
 const WIDGET_TYPE = "lmstudio_stream_view";
 const MIN_HEIGHT = 180;
+// The frontend gives a multiline widget one line (~30 px) when the node is laid out at its smallest; the prompt is
+// what people write, so it gets at least three lines.
+const PROMPT_LINES = 3;
+const DOM_WIDGET_MARGINS = 20; // the frontend draws a DOM widget 10 px inside its slot, top and bottom
 
 const STYLE = `
 .lmstudio-stream { display: flex; flex-direction: column; gap: 4px; height: 100%; min-height: 0;
@@ -49,6 +54,7 @@ const STYLE = `
 .lmstudio-stream .lms-notice { font-size: 11px; color: var(--warning-text, #e0b050); white-space: pre-wrap; }
 .lmstudio-stream .lms-answers { flex: 1 1 0; min-height: 3em; overflow: auto; border-radius: 4px;
   background: var(--comfy-input-bg, #222); padding: 2px 0; }
+.lmstudio-stream.lms-listmode .lms-answer { flex: 1 1 0; }
 .lmstudio-stream .lms-entry { display: flex; gap: 6px; padding: 1px 6px; cursor: pointer; white-space: nowrap; }
 .lmstudio-stream .lms-entry:hover, .lmstudio-stream .lms-entry.lms-current { background: rgba(255,255,255,0.08); }
 .lmstudio-stream .lms-entry-label { opacity: 0.6; flex: none; }
@@ -142,6 +148,7 @@ function createView() {
   const draw = () => {
     const item = visibleItem(state);
     list.textContent = listSummary(state);
+    root.classList.toggle("lms-listmode", state.count > 1);
     notice.textContent = state.notice;
     status.textContent = item.status;
     thoughts.style.display = item.reasoning ? "" : "none";
@@ -242,6 +249,18 @@ function attachModelPicker(node) {
   return { refresh };
 }
 
+/** At least PROMPT_LINES lines for the prompt box, in the textarea's own font. */
+function roomForPrompt(node) {
+  const prompt = node.widgets?.find((w) => w.name === "prompt");
+  if (!prompt?.options || !prompt.element) return;
+  prompt.options.getMinHeight = () => {
+    const style = getComputedStyle(prompt.element);
+    const line = parseFloat(style.lineHeight) || 1.25 * (parseFloat(style.fontSize) || 12);
+    const padding = (parseFloat(style.paddingTop) || 0) + (parseFloat(style.paddingBottom) || 0);
+    return Math.ceil(PROMPT_LINES * line + padding) + DOM_WIDGET_MARGINS;
+  };
+}
+
 function attachView(node) {
   injectStyle();
   const view = createView();
@@ -272,6 +291,7 @@ app.registerExtension({
       const result = onNodeCreated?.apply(this, args);
       // Appended after the schema's widgets, so saved widgets_values keep their positions.
       this.lmstudioModelPicker = attachModelPicker(this);
+      roomForPrompt(this);
       attachView(this);
       // After a workflow loads, server_url holds its saved value: list from there.
       setTimeout(() => this.lmstudioModelPicker?.refresh(), 0);
@@ -287,5 +307,10 @@ app.registerExtension({
   },
   setup() {
     api.addEventListener(STREAM_EVENT, onStreamUpdate);
+  },
+  beforeConfigureGraph(graphData) {
+    // Workflows saved with the first release listed every setting on the chat node: rewrite them before loading.
+    const migrated = migrateWorkflow(graphData);
+    if (migrated) console.info(`LM Studio Chat: ${migrated} node(s) from an older workflow brought up to date`);
   },
 });

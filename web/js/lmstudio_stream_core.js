@@ -233,3 +233,77 @@ export function pickerValue(options, modelId) {
 export function modelsRoute(serverUrl) {
   return `${MODELS_ROUTE}?server_url=${encodeURIComponent(serverUrl ?? "")}`;
 }
+
+// ----------------------------------------------------------------------------------------- old workflows
+
+export const OPTIONS_CLASS = "LMStudioChatOptions";
+export const OPTIONS_TYPE = "LMSTUDIO_CHAT_OPTIONS";
+// The first release kept every setting on the chat node: 7 contract widgets, then these (seed with its control).
+const FIRST_RELEASE_VALUES = 18;
+const MOVED = { send_all_images: 7, max_image_side: 8, jpeg_quality: 9, on_error: 10, reasoning: 12, after_run: 15,
+                idle_ttl_minutes: 16, free_comfy_vram: 17 };
+const OPTION_DEFAULTS = [false, 1024, 90, "output error text", "auto", "keep loaded", 10, false, 0];
+
+function isFirstRelease(node) {
+  const values = node?.widgets_values;
+  return node?.type === NODE_CLASS && Array.isArray(values) && values.length === FIRST_RELEASE_VALUES &&
+    typeof values[MOVED.send_all_images] === "boolean" && ["output error text", "raise"].includes(values[MOVED.on_error]);
+}
+
+/** A graph's id counters and link format: top level of a v0.4 workflow, or a v1 workflow or subgraph (`state`). */
+function graphBook(graph) {
+  const v04 = Array.isArray(graph.links?.[0]) || (graph.version === 0.4 && !graph.state);
+  return {
+    nextNodeId() {
+      if (graph.state) return (graph.state.lastNodeId = (graph.state.lastNodeId ?? 0) + 1);
+      return (graph.last_node_id = (graph.last_node_id ?? 0) + 1);
+    },
+    nextLinkId() {
+      if (graph.state) return (graph.state.lastLinkId = (graph.state.lastLinkId ?? 0) + 1);
+      return (graph.last_link_id = (graph.last_link_id ?? 0) + 1);
+    },
+    link(id, from, to, slot) {
+      graph.links ??= [];
+      graph.links.push(v04 ? [id, from, 0, to, slot, OPTIONS_TYPE]
+        : { id, origin_id: from, origin_slot: 0, target_id: to, target_slot: slot, type: OPTIONS_TYPE });
+    },
+  };
+}
+
+function migrateNode(graph, node) {
+  const old = node.widgets_values;
+  node.widgets_values = [...old.slice(0, 7), old[11], old[13], old[14]]; // + system_prompt, seed and its control
+  const options = [...Object.values(MOVED).map((i) => old[i]), 0];
+  node.inputs = (node.inputs ?? []).filter((input) => !(input.name in MOVED));
+  if (options.every((value, i) => value === OPTION_DEFAULTS[i])) return;
+  // A setting differed from its default: an options node keeps it, linked to the chat node.
+  const book = graphBook(graph);
+  const id = book.nextNodeId();
+  const linkId = book.nextLinkId();
+  const [x, y] = Array.isArray(node.pos) ? node.pos : [node.pos?.[0] ?? 0, node.pos?.[1] ?? 0];
+  graph.nodes.push({
+    id, type: OPTIONS_CLASS, pos: [x - 360, y + 40], size: [320, 290], flags: {}, order: node.order ?? 0,
+    mode: node.mode ?? 0, inputs: [], outputs: [{ name: "options", type: OPTIONS_TYPE, links: [linkId] }],
+    properties: { "Node name for S&R": OPTIONS_CLASS }, widgets_values: options,
+  });
+  node.inputs.push({ name: "options", type: OPTIONS_TYPE, link: linkId });
+  book.link(linkId, id, node.id, node.inputs.length - 1);
+}
+
+/**
+ * Bring chat nodes saved by the first release (every setting on the node) to today's layout, in the workflow
+ * JSON before the frontend builds it: values back in their places, the moved settings on a linked options node
+ * when any differed from its default. Returns how many nodes were migrated.
+ */
+export function migrateWorkflow(workflow) {
+  let migrated = 0;
+  const graphs = [workflow, ...(workflow?.definitions?.subgraphs ?? [])];
+  for (const graph of graphs) {
+    for (const node of [...(graph?.nodes ?? [])]) {
+      if (!isFirstRelease(node)) continue;
+      migrateNode(graph, node);
+      migrated += 1;
+    }
+  }
+  return migrated;
+}
