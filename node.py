@@ -136,28 +136,31 @@ async def _run_stream(request: ChatRequest, relay: StreamRelay, run: ListRun) ->
 
 async def _wait_for_slot(pool: SlotPool, channel: ItemChannel) -> None:
     """Queue in the node (not in LM Studio, where the idle timeout would run) until a slot is free."""
-    if pool.free():
-        await pool.acquire()  # a free slot is taken without suspending: no other item can take it meanwhile
+    if pool.try_acquire():
         return
-    channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
     acquire = asyncio.ensure_future(pool.acquire())
+    announced = False
     try:
         while not acquire.done():
             await asyncio.wait({acquire}, timeout=QUEUE_POLL_SECONDS)
-            if not acquire.done() and (reason := _stop_reason(channel.run)) is not None:
+            if acquire.done():
+                break
+            if not announced and pool.limit is not None:
+                announced = True
+                channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
+            if (reason := _stop_reason(channel.run)) is not None:
                 _raise(reason)
     finally:
         if not acquire.done():
-            acquire.cancel()
+            acquire.cancel()  # `SlotPool.acquire` gives back a slot that came just as it was cancelled
             await asyncio.wait({acquire})
-            if not acquire.cancelled():
-                pool.release()  # it got the slot just as it was cancelled
+    acquire.result()
 
 
 async def _stream_item(request: ChatRequest, options: ChatOptions, relay: StreamRelay, channel: ItemChannel) -> None:
     """Wait for a slot, stream, and try a transient failure once more; the slot is freed on every path."""
     key = (normalize_server_url(request.server_url), request.model)
-    pool = await pool_for(key, options.max_parallel, lambda: parallel_slots(request))
+    pool = pool_for(key, options.max_parallel, lambda: parallel_slots(request))
     await _wait_for_slot(pool, channel)
     try:
         channel.state(RUNNING)
@@ -361,7 +364,7 @@ class LMStudioStreamChat(io.ComfyNode):
         except _Aborted as exc:
             _finish(channel, CANCELLED, "Stopped: another item failed")
             raise RuntimeError(str(exc)) from None
-        except Exception as exc:
+        except Exception as exc:  # the error policy decides; nothing is swallowed silently
             return _failed(exc, options, channel, relay, connection_mode, debug_mode)
         stats = relay.stats or Stats(mode=connection_mode)
         summary = stats.summary()

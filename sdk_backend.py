@@ -107,11 +107,21 @@ async def _greet(base: str, request: ChatRequest) -> None:
         raise not_lmstudio(base, "it does not answer LM Studio's greeting (/lmstudio-greeting), which the SDK needs")
 
 
+class _GreetedClient(lms.AsyncClient):
+    """An `AsyncClient` for a host whose greeting `_greet` has just checked: the SDK's own probe (a fresh httpx
+    client, ~50 ms, 1 s timeout) is skipped. The hook is private (1.5.0 and 1.6.0b1 have it); should a later SDK
+    rename it, its probe simply runs again."""
+
+    async def _ensure_api_host_is_valid(self) -> None:
+        if self._api_host is None:
+            await super()._ensure_api_host_is_valid()
+
+
 @contextlib.asynccontextmanager
 async def _opened_client(base: str, host: str, request: ChatRequest) -> AsyncIterator[Any]:
     await _greet(base, request)
     token = {"api_token": request.api_token} if request.api_token and _SDK_ACCEPTS_TOKEN else {}
-    async with lms.AsyncClient(host, **token) as client:
+    async with _GreetedClient(host, **token) as client:
         yield client
 
 
@@ -133,7 +143,7 @@ class _Run:
             await self._attempts()
         except asyncio.CancelledError:
             pass
-        except BaseException as exc:
+        except BaseException as exc:  # every failure reaches the run's loop, explained
             self.handoff.put(self._explain(exc))
             return
         self.handoff.put(_END)

@@ -83,7 +83,7 @@ class KeptClient:
             async with self._open_client() as client:
                 self._ready.set_result(client)
                 await self._close.wait()
-        except BaseException as exc:
+        except BaseException as exc:  # handed to whoever waits for the client
             if not self._ready.done():
                 self._ready.set_exception(exc)
                 self._ready.exception()  # waiters get it through `client()`; a run that left needs no warning
@@ -101,7 +101,7 @@ class KeptClient:
         self._close.set()
         try:
             await asyncio.wait_for(asyncio.shield(self._owner), SHUTDOWN_SECONDS)
-        except (asyncio.TimeoutError, Exception):
+        except (asyncio.TimeoutError, Exception):  # a dead socket may fail to close; it is gone anyway
             self._owner.cancel()
 
 
@@ -181,6 +181,10 @@ class SdkRuntime:
         kept.users += 1
         try:
             return kept, await kept.client()
+        except asyncio.CancelledError:
+            kept.users -= 1  # the run left; the client may still open, and stays kept (and reaped) all the same
+            kept.last_used = time.monotonic()
+            raise
         except BaseException:
             kept.users -= 1
             if self._clients.get(key) is kept:

@@ -3,8 +3,10 @@ not importable) and the tests' local LM Studio stand-in on loopback. Benches are
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,3 +37,28 @@ async def median_time(make: Callable[[], Awaitable[object]], rounds: int) -> flo
         await make()
         times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+class ServerThread:
+    """`fake` served from its own thread and event loop, so that what is measured never shares a loop with it."""
+
+    def __init__(self, fake: FakeLMStudio) -> None:
+        self.fake = fake
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-lmstudio", daemon=True)
+
+    def __enter__(self) -> FakeLMStudio:
+        self._thread.start()
+
+        async def start() -> web.AppRunner:
+            return await serve(self.fake)
+
+        self._runner = asyncio.run_coroutine_threadsafe(start(), self._loop).result(10)
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)

@@ -2,8 +2,8 @@
 
     python bench/bench_sdk.py
 
-Against the tests' LM Studio stand-in on loopback (so the figures are overhead, not a model's speed), through the
-node and ComfyUI's stand-in:
+Against the tests' LM Studio stand-in on loopback, served from its own thread (so the figures are overhead, not a
+model's speed, and nothing measured shares a loop with the server), through the node and ComfyUI's stand-in:
 - fixed cost per run: the node's whole run for a two-token answer, median of ROUNDS runs after the first, per mode,
   minus an empty baseline (a node run that returns at once through the same path);
 - streaming rate: 5,000 fragments at unlimited speed through the node, over the same prediction read by a raw
@@ -15,10 +15,11 @@ node and ComfyUI's stand-in:
 from __future__ import annotations
 
 import asyncio
+import statistics
 
 import lmstudio as lms
 
-from _harness import FakeLMStudio, median_time, serve
+from _harness import FakeLMStudio, ServerThread, median_time
 from fake_lmstudio import MODEL, sdk_fragment
 from lmstudio_pack.sdk_runtime import RUNTIME
 from lmstudio_pack.utils import sdk_api_host
@@ -40,35 +41,37 @@ async def fresh_client_run(host: str) -> int:
 
 
 async def main() -> None:
-    fake = FakeLMStudio()
-    runner = await serve(fake)
-    host = sdk_api_host(fake.url)
-    try:
-        # First run of the kept connection (a cold start each time), against the old design's per-run cost.
-        async def cold_run() -> None:
+    with ServerThread(FakeLMStudio()) as fake:
+        host = sdk_api_host(fake.url)
+        try:
+            # First run of the kept connection (a cold start each time), against the old design's per-run cost.
+            async def cold_run() -> None:
+                await RUNTIME.aclose()
+                await run(fake.url, "SDK")
+
+            first = await median_time(cold_run, 5)
+            old = await median_time(lambda: fresh_client_run(host), 5)
+
+            async def empty() -> None:
+                await asyncio.sleep(0)
+
+            baseline = await median_time(empty, ROUNDS)
+            costs = {}
+            for mode in ("SDK", "REST API", "OpenAI-compatible"):
+                await run(fake.url, mode)
+                costs[mode] = await median_time(lambda mode=mode: run(fake.url, mode), ROUNDS) - baseline
+
+            fake.sdk.fragments = [sdk_fragment("t ") for _ in range(TOKENS)]
+            raw_times, node_times = [], []
+            async with lms.AsyncClient(host) as client:
+                await raw_predict(client)
+                await run(fake.url, "SDK")
+                for _ in range(7):  # interleaved, so drift in the machine's speed hits both alike
+                    raw_times.append(await median_time(lambda: raw_predict(client), 1))
+                    node_times.append(await median_time(lambda: run(fake.url, "SDK"), 1))
+            raw, node = statistics.median(raw_times), statistics.median(node_times)
+        finally:
             await RUNTIME.aclose()
-            await run(fake.url, "SDK")
-
-        first = await median_time(cold_run, 5)
-        old = await median_time(lambda: fresh_client_run(host), 5)
-
-        async def empty() -> None:
-            await asyncio.sleep(0)
-
-        baseline = await median_time(empty, ROUNDS)
-        costs = {}
-        for mode in ("SDK", "REST API", "OpenAI-compatible"):
-            await run(fake.url, mode)
-            costs[mode] = await median_time(lambda mode=mode: run(fake.url, mode), ROUNDS) - baseline
-
-        fake.sdk.fragments = [sdk_fragment("t ") for _ in range(TOKENS)]
-        async with lms.AsyncClient(host) as client:
-            await raw_predict(client)
-            raw = await median_time(lambda: raw_predict(client), 5)
-        node = await median_time(lambda: run(fake.url, "SDK"), 5)
-    finally:
-        await RUNTIME.aclose()
-        await runner.cleanup()
 
     print("fixed cost per run (median after the first, minus an empty baseline):")
     for mode, cost in costs.items():

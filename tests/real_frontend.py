@@ -68,7 +68,8 @@ def app(static: Path) -> web.Application:
 
     sockets: set[web.WebSocketResponse] = set()
     nodes = {cls.GET_SCHEMA().node_id: object_info(cls) for cls in (LMStudioStreamChat, LMStudioChatOptions)}
-    scripts = sorted(f"/extensions/{PACK}/{p.relative_to(ROOT / 'web').as_posix()}" for p in (ROOT / "web").rglob("*.js"))
+    web_files = (ROOT / "web").rglob("*.js")
+    scripts = sorted(f"/extensions/{PACK}/{p.relative_to(ROOT / 'web').as_posix()}" for p in web_files)
     settings = {"Comfy.TutorialCompleted": True, "Comfy.InstalledVersion": "1.35.9",
                 "Comfy.Validation.Workflows": False, "Comfy.Workflow.ShowMissingNodesWarning": False}
 

@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 import real_frontend
 from browser import Chromium, chromium_path

@@ -240,3 +240,16 @@ async def test_first_run_and_later_runs(lmstudio):
     later = sorted(timings)[2]
     print(f"\nSDK run: first {first * 1000:.0f} ms, later (median) {later * 1000:.1f} ms")
     assert later < first / 2
+
+
+async def test_cancel_while_connecting_leaves_no_unowned_client(lmstudio):
+    """A run cancelled while its client is still opening: the client is kept (and closed at shutdown), not lost."""
+    task = asyncio.create_task(answer(request_for(lmstudio.url)))
+    await eventually(lambda: lmstudio.sdk.connections > 0, 5)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await eventually(lambda: lmstudio.sdk.open_sockets == SOCKETS_PER_CLIENT, 3)
+    assert await answer(request_for(lmstudio.url)) == "A red square."
+    assert lmstudio.sdk.connections == SOCKETS_PER_CLIENT  # the next run used the same client
+    await RUNTIME.aclose()
+    assert await eventually(lambda: lmstudio.sdk.open_sockets == 0)
