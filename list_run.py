@@ -22,6 +22,7 @@ class ListRun:
     states: dict[int, str] = field(default_factory=dict)
     fractions: dict[int, float] = field(default_factory=dict)
     abort_message: str | None = None  # set by an item whose error policy stops the whole run
+    vram_freed: bool = False  # ComfyUI's VRAM is handed over once per list, not once per item
 
     def start(self, index: int) -> None:
         self.states[index] = QUEUED

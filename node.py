@@ -27,7 +27,15 @@ from .chat import (
 )
 from .client import list_models, parallel_slots, stream_chat, unload_model
 from .list_run import CANCELLED, DONE, FAILED, QUEUED, RUNNING, ListRun, list_run, prompt_state
-from .options_node import ON_ERROR_RAISE, OPTIONS_TYPE, UNLOAD, UNLOAD_WHEN_IDLE, ChatOptions, LMStudioChatOptions
+from .options_node import (
+    CATEGORY,
+    ON_ERROR_RAISE,
+    OPTIONS_TYPE,
+    UNLOAD,
+    UNLOAD_WHEN_IDLE,
+    ChatOptions,
+    LMStudioChatOptions,
+)
 from .relay import StreamRelay
 from .slots import SlotPool, pool_for
 from .utils import MAX_BATCH_IMAGES, encode_images, normalize_server_url
@@ -204,6 +212,10 @@ async def _encode(image, options: ChatOptions, channel: ItemChannel) -> tuple[by
 
 
 def _free_comfy_vram(channel: ItemChannel) -> None:
+    """Once per list: the first item to get here frees ComfyUI's VRAM before any item asks LM Studio."""
+    if channel.run.vram_freed:
+        return
+    channel.run.vram_freed = True
     channel.send("status", "Freeing ComfyUI's VRAM")
     model_management.unload_all_models()
     model_management.soft_empty_cache()
@@ -215,7 +227,7 @@ class LMStudioStreamChat(io.ComfyNode):
         return io.Schema(
             node_id="LMStudioStreamChat",
             display_name="LM Studio Chat",
-            category="LM Studio",
+            category=CATEGORY,
             description="Chat with a model served by LM Studio, streaming its reasoning and answer onto the node. "
             "Given a list of images (a dataset folder, a rebatched batch) it answers each, in order.",
             inputs=[
@@ -331,13 +343,8 @@ class LMStudioStreamChat(io.ComfyNode):
         options: ChatOptions | None = None,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
-        node_id = str(cls.hidden.unique_id)
-        index = _list_index()
-        run = list_run(node_id, index)
-        run.start(index)
-        channel = ItemChannel(node_id, index, run)
+        channel = _start_item(str(cls.hidden.unique_id))
         relay = StreamRelay(channel.send, channel.progress)
-        channel.send("clear")
         try:
             request = ChatRequest(
                 prompt=prompt,
@@ -354,7 +361,8 @@ class LMStudioStreamChat(io.ComfyNode):
                 api_token=api_token_from_env(),
             )
             if debug_mode:
-                log.info("LM Studio request from node %s, item %d: %s", node_id, index, request.describe())
+                log.info("LM Studio request from node %s, item %d: %s", channel.node_id, channel.index,
+                         request.describe())
             if options.free_comfy_vram:
                 _free_comfy_vram(channel)
             await _stream_item(request, options, relay, channel)
@@ -369,10 +377,10 @@ class LMStudioStreamChat(io.ComfyNode):
         stats = relay.stats or Stats(mode=connection_mode)
         summary = stats.summary()
         channel.send("stats", summary)
-        if options.after_run == UNLOAD and stats.model and _last_active(run, index):
+        if options.after_run == UNLOAD and stats.model and _last_active(channel):
             await _unload(request, stats.model, channel)
         _finish(channel, DONE)
-        return _output(index, "".join(relay.text), "".join(relay.reasoning), summary, stats)
+        return _output(channel.index, "".join(relay.text), "".join(relay.reasoning), summary, stats)
 
 
 def _image_linked(hidden) -> bool:
@@ -381,9 +389,20 @@ def _image_linked(hidden) -> bool:
     return isinstance(node.get("inputs", {}).get("image"), list)
 
 
-def _last_active(run: ListRun, index: int) -> bool:
+def _start_item(node_id: str) -> ItemChannel:
+    """This call's place in its list (a single run is a list of one), announced to the browser."""
+    index = _list_index()
+    run = list_run(node_id, index)
+    run.start(index)
+    channel = ItemChannel(node_id, index, run)
+    channel.send("clear")
+    return channel
+
+
+def _last_active(channel: ItemChannel) -> bool:
     """Whether every other item of the list has ended: VRAM is handed back once, after the last answer."""
-    return all(state not in (QUEUED, RUNNING) for i, state in run.states.items() if i != index)
+    others = (state for i, state in channel.run.states.items() if i != channel.index)
+    return all(state not in (QUEUED, RUNNING) for state in others)
 
 
 def _finish(channel: ItemChannel, state: str, status: str = "") -> None:

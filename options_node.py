@@ -14,6 +14,7 @@ from comfy_api.latest import io
 from .slots import DEFAULT_PARALLEL
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES
 
+CATEGORY = "LM Studio"  # both nodes' place in the node library
 OPTIONS_TYPE = "LMSTUDIO_CHAT_OPTIONS"
 ON_ERROR_OUTPUT, ON_ERROR_RAISE = "output error text", "raise"
 KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE = "keep loaded", "unload", "unload when idle"
@@ -41,7 +42,7 @@ class LMStudioChatOptions(io.ComfyNode):
         return io.Schema(
             node_id="LMStudioChatOptions",
             display_name="LM Studio Chat Options",
-            category="LM Studio",
+            category=CATEGORY,
             description="Settings for LM Studio Chat that most runs leave alone: image sending, errors, reasoning, "
             "VRAM and how many list items LM Studio works on at once. Connect to the chat node's options input.",
             inputs=[

@@ -12,6 +12,7 @@ from aiohttp import WSMsgType, web
 
 ROOT = Path(__file__).resolve().parent.parent
 PACK = "lmstudio-stream-chat"
+SOCKETS = web.AppKey("sockets", set)
 
 
 def frontend_static() -> Path | None:
@@ -115,7 +116,7 @@ def app(static: Path) -> web.Application:
     api.add_routes(PromptServer.instance.routes)  # the pack's own routes, mirrored under /api as ComfyUI does
 
     root = web.Application()
-    root["sockets"] = sockets
+    root[SOCKETS] = sockets
     root.router.add_get("/", index)
     root.router.add_get("/ws", websocket)
     root.add_subapp("/api", api)
@@ -126,5 +127,5 @@ def app(static: Path) -> web.Application:
 
 async def push(app: web.Application, event: str, data: dict[str, Any]) -> None:
     """Send a websocket message to every open page, as ComfyUI's `send_sync` does."""
-    for ws in list(app["sockets"]):
+    for ws in list(app[SOCKETS]):
         await ws.send_str(json.dumps({"type": event, "data": data}))

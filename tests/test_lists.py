@@ -191,3 +191,8 @@ async def test_a_list_of_images_gets_one_answer_per_image(lmstudio, comfy):
     sent = [r.body["input"][1]["data_url"] for r in lmstudio.chat_requests()]
     assert len(set(sent)) == 4  # four different images went out
     assert not [k for k, _ in events() if k == "notice"]
+
+
+async def test_comfys_vram_is_freed_once_per_list(lmstudio, comfy):
+    await run_list(lmstudio.url, "REST API", count=5, free_comfy_vram=True)
+    assert comfy.vram_calls == ["unload_all_models", "soft_empty_cache"]
