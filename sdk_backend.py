@@ -313,7 +313,7 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
         if not ended:
             # Closed early (Cancel, an idle timeout): LM Studio must be told to stop, then the run drains.
             RUNTIME.call_soon(run.stop)
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):  # the drain's own outcome is of no interest any more
                 await asyncio.wait_for(asyncio.wrap_future(job), CANCEL_DRAIN_SECONDS + 0.2)
 
 

@@ -205,6 +205,13 @@ test("a retry clears the item's text; picking an item pins it until picked again
   assert.equal(state.focus, 0);
 });
 
+test("a page opened mid-list follows the items it hears of", () => {
+  const state = createState();
+  applyUpdate(state, "text", "late", 5, 8);
+  assert.equal(state.focus, 5);
+  assert.equal(visibleItem(state).text, "late");
+});
+
 test("a new run starts with item 0; a cached list comes back from the executed message", () => {
   const state = listRun(3);
   applyUpdate(state, "clear", "", 0, 1);

@@ -78,7 +78,8 @@ export function applyUpdate(state, chunkType, content, index = 0, count = 1) {
 export function followedItem(state) {
   const running = [...state.items.entries()].filter(([, item]) => item.state === "running" && !item.done);
   if (running.length) return Math.min(...running.map(([index]) => index));
-  return state.items.has(state.focus) ? state.focus : Math.min(...state.items.keys(), 0);
+  if (state.items.has(state.focus) || !state.items.size) return state.focus;
+  return Math.min(...state.items.keys()); // a page opened mid-list may never have seen item 0
 }
 
 /** What the panes show: the focused item. */
