@@ -35,7 +35,7 @@ class ListRun:
 
     def set(self, index: int, state: str) -> None:
         self.states[index] = state
-        if state != QUEUED and state != RUNNING:
+        if state not in (QUEUED, RUNNING):
             self.fractions[index] = 1.0
 
     def progress(self, index: int, fraction: float) -> float:
@@ -43,14 +43,9 @@ class ListRun:
         self.fractions[index] = min(max(fraction, 0.0), 1.0)
         return sum(self.fractions.values()) / max(self.count, 1)
 
-    def tally(self, state: str) -> int:
-        return sum(1 for s in self.states.values() if s == state)
-
-    def failed(self) -> list[int]:
-        return sorted(i for i, s in self.states.items() if s == FAILED)
-
-    def active(self) -> bool:
-        return any(s in (QUEUED, RUNNING) for s in self.states.values())
+    def active(self, besides: int | None = None) -> bool:
+        """Whether any item (other than `besides`) is still queued or running."""
+        return any(s in (QUEUED, RUNNING) for i, s in self.states.items() if i != besides)
 
 
 @dataclass

@@ -377,7 +377,8 @@ class LMStudioStreamChat(io.ComfyNode):
         stats = relay.stats or Stats(mode=connection_mode)
         summary = stats.summary()
         channel.send("stats", summary)
-        if options.after_run == UNLOAD and stats.model and _last_active(channel):
+        # VRAM is handed back once, after the list's last answer.
+        if options.after_run == UNLOAD and stats.model and not channel.run.active(besides=channel.index):
             await _unload(request, stats.model, channel)
         _finish(channel, DONE)
         return _output(channel.index, "".join(relay.text), "".join(relay.reasoning), summary, stats)
@@ -397,12 +398,6 @@ def _start_item(node_id: str) -> ItemChannel:
     channel = ItemChannel(node_id, index, run)
     channel.send("clear")
     return channel
-
-
-def _last_active(channel: ItemChannel) -> bool:
-    """Whether every other item of the list has ended: VRAM is handed back once, after the last answer."""
-    others = (state for i, state in channel.run.states.items() if i != channel.index)
-    return all(state not in (QUEUED, RUNNING) for state in others)
 
 
 def _finish(channel: ItemChannel, state: str, status: str = "") -> None:

@@ -134,9 +134,6 @@ class SdkRuntime:
             if self._loop is not None and self._thread is not None and self._thread.is_alive():
                 self._loop.call_soon_threadsafe(callback)
 
-    def thread(self) -> threading.Thread | None:
-        return self._thread
-
     def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
         """Close every kept client and end the thread; never waits longer than `timeout`."""
         closing = self._begin_close()

@@ -196,3 +196,11 @@ async def test_a_list_of_images_gets_one_answer_per_image(lmstudio, comfy):
 async def test_comfys_vram_is_freed_once_per_list(lmstudio, comfy):
     await run_list(lmstudio.url, "REST API", count=5, free_comfy_vram=True)
     assert comfy.vram_calls == ["unload_all_models", "soft_empty_cache"]
+
+
+async def test_unload_happens_once_after_the_last_answer(lmstudio, comfy):
+    slow(lmstudio, 0.02)
+    outputs, _, _ = await run_list(lmstudio.url, "REST API", count=5, after_run="unload")
+    assert not [t for t in outputs[0] if t.startswith("Error")]
+    paths = [r.path for r in lmstudio.requests if r.method == "POST"]
+    assert paths.count("/api/v1/models/unload") == 1 and paths[-1] == "/api/v1/models/unload"
