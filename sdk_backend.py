@@ -298,8 +298,8 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
     try:
         while True:
             try:
-                batch = await asyncio.wait_for(handoff.get_batch(), request.idle_timeout)
-            except asyncio.TimeoutError:
+                batch = await handoff.get_batch(request.idle_timeout)
+            except TimeoutError:
                 raise idle_timeout(f"ws://{host}", run.received) from None
             for item in batch:
                 if item is _END:

@@ -50,8 +50,14 @@ class Handoff:
         if waiter is not None:
             self._loop.call_soon_threadsafe(_wake, waiter)
 
-    async def get_batch(self) -> list[Any]:
-        """Called on the run's loop: everything that arrived, waiting for at least one item."""
+    async def get_batch(self, timeout: float) -> list[Any]:
+        """Called on the run's loop: everything that arrived, waiting for at least one item; TimeoutError after
+        `timeout` seconds with none.
+
+        The timeout is a timer on our own future, not `asyncio.wait_for`: in Python 3.10 and 3.11 `wait_for`
+        swallows a cancellation that arrives just as the awaited item does, and the run would stream on after
+        ComfyUI's Cancel.
+        """
         while True:
             with self._lock:
                 if self._items:
@@ -59,12 +65,21 @@ class Handoff:
                     self._items.clear()
                     return items
                 waiter = self._waiter = self._loop.create_future()
-            await waiter
+            timer = self._loop.call_later(timeout, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 class KeptClient:

@@ -253,3 +253,30 @@ async def test_cancel_while_connecting_leaves_no_unowned_client(lmstudio):
     assert lmstudio.sdk.connections == SOCKETS_PER_CLIENT  # the next run used the same client
     await RUNTIME.aclose()
     assert await eventually(lambda: lmstudio.sdk.open_sockets == 0)
+
+
+async def test_a_cancel_that_meets_an_arriving_fragment_is_not_lost():
+    """Python 3.11's `wait_for` would return the fragment and swallow the cancel; the handoff must not."""
+    from lmstudio_pack.sdk_runtime import Handoff
+
+    for _ in range(50):
+        handoff = Handoff(asyncio.get_running_loop())
+        task = asyncio.create_task(handoff.get_batch(10))
+        await asyncio.sleep(0)
+        handoff.put("fragment")  # wakes the reader on the next loop turn
+        task.cancel()  # ... and Cancel arrives in the same turn
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_the_handoff_times_out_when_nothing_arrives():
+    from lmstudio_pack.sdk_runtime import Handoff
+
+    handoff = Handoff(asyncio.get_running_loop())
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        await handoff.get_batch(0.05)
+    assert time.monotonic() - started < 0.5
+    handoff.put(1)
+    handoff.put(2)
+    assert await handoff.get_batch(1) == [1, 2]
