@@ -139,11 +139,15 @@ async def cancel_after(task: asyncio.Task, condition, seconds: float = 5.0) -> f
 
 
 async def test_cancel_while_loading_stops_waiting_at_once(lmstudio):
-    lmstudio.sdk.load_delay = 1.0
+    lmstudio.sdk.load_delay = 0.3
     task = asyncio.create_task(answer(request_for(lmstudio.url, model="google/gemma-3-4b")))
     took = await cancel_after(task, lambda: lmstudio.sdk.sent("channelCreate", "getOrLoad"))
+    sent_at_cancel = len(lmstudio.sdk.received)
     assert took < 0.5
     assert not lmstudio.sdk.sent("channelCreate", "predict")
+    # The SDK tells LM Studio nothing: the load under way finishes and the model stays loaded (README).
+    assert await eventually(lambda: "google/gemma-3-4b" in lmstudio.sdk.loaded, 3)
+    assert len(lmstudio.sdk.received) == sent_at_cancel
 
 
 async def test_cancel_during_prompt_processing_tells_lm_studio(lmstudio):
