@@ -111,6 +111,7 @@ def _stop_reason(run: ListRun) -> BaseException | None:
 
 
 def _raise(reason: BaseException) -> None:
+    """Raise `reason`; for Cancel, ComfyUI's interrupt flag is consumed first (if no other item took it yet)."""
     if isinstance(reason, model_management.InterruptProcessingException):
         model_management.throw_exception_if_processing_interrupted()  # consumes the flag, as ComfyUI expects
     raise reason
