@@ -239,6 +239,16 @@ def server_message(body: Any) -> tuple[str, str]:
     return str(error).strip(), ""
 
 
+def is_web_page(body: Any) -> bool:
+    """An HTML page where an API answer was expected: server_url points at a website (or ComfyUI itself)."""
+    return isinstance(body, str) and body.lstrip()[:15].lower().startswith(("<!doctype", "<html"))
+
+
+def is_lmstudio_greeting(body: Any) -> bool:
+    """LM Studio's answer to `GET /lmstudio-greeting`, the probe its SDK uses to recognise it."""
+    return isinstance(body, dict) and body.get("lmstudio") is True
+
+
 _IMAGE_REFUSALS = ("image input is not supported", "does not support image", "vision is not supported", "mmproj")
 
 
@@ -265,7 +275,7 @@ def http_error(
             "later; update LM Studio or choose the OpenAI-compatible mode (which other servers, such as llama.cpp's, "
             "speak too)."
         )
-    if isinstance(body, str) and body.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+    if is_web_page(body):
         return not_lmstudio(url, f"it answered HTTP {status} with a web page")
     if status in (404, 405) and who != LMSTUDIO:
         return not_lmstudio(url, f"it has no chat endpoint there (HTTP {status})")

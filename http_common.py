@@ -23,6 +23,8 @@ from .chat import (
     connection_failed,
     http_error,
     idle_timeout,
+    is_lmstudio_greeting,
+    is_web_page,
     no_model_loaded,
     not_lmstudio,
     not_vision_capable,
@@ -99,7 +101,7 @@ async def identify(session: aiohttp.ClientSession, base: str) -> str:
             body = await read_body(r)
     except (aiohttp.ClientError, TimeoutError):
         return server_name(base, False)
-    return server_name(base, r.status == 200 and isinstance(body, dict) and body.get("lmstudio") is True)
+    return server_name(base, r.status == 200 and is_lmstudio_greeting(body))
 
 
 async def get_json(session: aiohttp.ClientSession, url: str, request: ChatRequest, base: str) -> Any:
@@ -126,7 +128,7 @@ async def sse_events(
             message, _ = server_message(body)
             if "unexpected endpoint" in message.lower():
                 raise http_error(404, body, url, request.model)
-            if isinstance(body, str) and body.lstrip()[:15].lower().startswith(("<!doctype", "<html")):
+            if is_web_page(body):
                 raise not_lmstudio(url, "it answered with a web page")
             raise LMStudioError(f"{await identify(session, base)} answered {url} without a stream: {message[:300]}")
         parser = SSEParser()

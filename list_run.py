@@ -23,15 +23,14 @@ class ListRun:
     fractions: dict[int, float] = field(default_factory=dict)
     abort_message: str | None = None  # set by an item whose error policy stops the whole run
     vram_freed: bool = False  # ComfyUI's VRAM is handed over once per list, not once per item
+    # Items started so far (every item of a list is started within the same few loop turns); kept, not derived,
+    # because every message to the browser carries it.
+    count: int = 0
 
     def start(self, index: int) -> None:
         self.states[index] = QUEUED
         self.fractions[index] = 0.0
-
-    @property
-    def count(self) -> int:
-        """Items started so far: every item of a list is started within the same few loop turns."""
-        return max(len(self.states), max(self.states, default=-1) + 1)
+        self.count = max(self.count, len(self.states), index + 1)
 
     def set(self, index: int, state: str) -> None:
         self.states[index] = state

@@ -35,6 +35,7 @@ from .chat import (
     auth_required,
     connection_failed,
     idle_timeout,
+    is_lmstudio_greeting,
     model_not_found,
     no_model_loaded,
     not_lmstudio,
@@ -103,7 +104,7 @@ async def _greet(base: str, request: ChatRequest) -> None:
         if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
             raise connection_failed(base, f"SDK probe {url}: no answer within {request.connect_timeout:g} s") from exc
         body = None
-    if not (isinstance(body, dict) and body.get("lmstudio") is True):
+    if not is_lmstudio_greeting(body):
         raise not_lmstudio(base, "it does not answer LM Studio's greeting (/lmstudio-greeting), which the SDK needs")
 
 
@@ -128,7 +129,7 @@ async def _opened_client(base: str, host: str, request: ChatRequest) -> AsyncIte
 class _Run:
     """One chat turn on the SDK's loop. Owns no connection: it borrows the kept client for its server and token."""
 
-    def __init__(self, request: ChatRequest, base: str, host: str, handoff: Any) -> None:
+    def __init__(self, request: ChatRequest, base: str, host: str, handoff: Handoff) -> None:
         self.request, self.base, self.host, self.handoff = request, base, host, handoff
         self.key: ClientKey = (host, request.api_token)
         self.task: asyncio.Task | None = None

@@ -226,8 +226,8 @@ class FakeLMStudio:
             finally:
                 self.in_flight -= 1
 
-    def _scripted_failure(self, body: Any) -> bool:
-        prompt = prompt_of(body)
+    def scripted_failure(self, prompt: str) -> bool:
+        """Whether this request for `prompt` is one that `fail_prompts` says must fail (counting it down)."""
         if self.fail_prompts.get(prompt, 0) > 0:
             self.fail_prompts[prompt] -= 1
             return True
@@ -237,7 +237,7 @@ class FakeLMStudio:
         if self.http_error:
             status, body = self.http_error
             return web.json_response(body, status=status)
-        if self._scripted_failure(self.requests[-1].body):
+        if self.scripted_failure(prompt_of(self.requests[-1].body)):
             return web.json_response({"error": {"message": "Engine protocol predict request returned 500: crash"}},
                                      status=500)
         try:
@@ -488,8 +488,7 @@ class FakeSDK:
             return
         messages = (params.get("history") or {}).get("messages") or [{}]
         prompt = next((p.get("text", "") for p in messages[-1].get("content", []) if p.get("type") == "text"), "")
-        if self.owner.fail_prompts.get(prompt, 0) > 0:
-            self.owner.fail_prompts[prompt] -= 1
+        if self.owner.scripted_failure(prompt):
             await ws.send_json({"type": "channelError", "channelId": channel,
                                 "error": sdk_error("Engine protocol predict request returned 500: crash")})
             return
