@@ -172,6 +172,9 @@ async def _stream_item(request: ChatRequest, options: ChatOptions, relay: Stream
     pool = pool_for(key, options.max_parallel, lambda: parallel_slots(request))
     await _wait_for_slot(pool, channel)
     try:
+        # Cancel frees the running items' slots, and a queued item may get one in the same turn: it must not send.
+        if (reason := _stop_reason(channel.run)) is not None:
+            _raise(reason)
         channel.state(RUNNING)
         for attempt in range(RETRIES + 1):
             try:

@@ -13,13 +13,23 @@ TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
 PACKAGE = "lmstudio_pack"  # the checkout folder may be named anything, hyphens included
 
+# `python -m pytest` from the checkout puts it on sys.path, where the pack's own `utils.py` would shadow ComfyUI's
+# `utils` package: the pack is imported only under its alias.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 if os.environ.get("COMFYUI_PATH"):
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
 try:
+    # A real ComfyUI on a machine without CUDA needs --cpu before anything imports comfy.model_management.
+    import comfy.cli_args
+
+    comfy.cli_args.args.cpu = True
+    # As main.py does: ComfyUI's `utils` package first, before `nodes` puts comfy/ (with its utils.py) on sys.path.
+    import utils.install_util  # noqa: F401
     import comfy_api.latest  # noqa: F401
 except ImportError:
     sys.path.append(str(TESTS / "comfy_stub"))  # the stand-in, only when ComfyUI itself is not importable
-sys.path.insert(0, str(TESTS))
+# After ComfyUI's own folder: a test helper must never shadow one of ComfyUI's top-level modules.
+sys.path.append(str(TESTS))
 
 import server as _server  # noqa: E402
 
@@ -75,7 +85,7 @@ def comfy(monkeypatch):
     import comfy.utils as comfy_utils
     from server import PromptServer
 
-    from node_helpers import CLIENT_ID, Recorder
+    from chat_node_helpers import CLIENT_ID, Recorder
 
     recorder = Recorder()
     server = PromptServer.instance

@@ -14,7 +14,7 @@ from lmstudio_pack import node as node_module
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, LMStudioError
 from lmstudio_pack.client import list_models, stream_chat, unload_model
 from lmstudio_pack.node import LMStudioStreamChat
-from node_helpers import events, run
+from chat_node_helpers import events, run
 
 MODES = pytest.mark.parametrize("mode", ["SDK", "REST API", "OpenAI-compatible"])
 

@@ -30,7 +30,7 @@ async def test_the_real_executor_maps_the_node_over_a_list(lmstudio, comfy):
     """ComfyUI's own `execution._async_map_node_over_list` over a list of 6 (every test_lists.py test uses it too)."""
     import execution
 
-    from node_helpers import run_list
+    from chat_node_helpers import run_list
 
     assert "comfy_stub" not in (execution.__file__ or "")
     lmstudio.echo = True

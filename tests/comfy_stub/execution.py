@@ -19,14 +19,15 @@ from comfy_execution.utils import CurrentNodeContext
 
 
 async def _async_map_node_over_list(prompt_id: str, unique_id: str, obj: Any, input_data_all: dict[str, list],
-                                    func: str, allow_interrupt: bool = False, hidden_inputs: Any = None) -> list:
+                                    func: str, allow_interrupt: bool = False, execution_block_cb: Any = None,
+                                    pre_execute_cb: Any = None, v3_data: Any = None) -> list:
     count = max((len(values) for values in input_data_all.values()), default=0)
     results: list = []
 
     async def process(inputs: dict[str, Any], index: int | None) -> None:
         if allow_interrupt:
             nodes.before_node_execution()
-        clone = obj.PREPARE_CLASS_CLONE(hidden_inputs)
+        clone = obj.PREPARE_CLASS_CLONE(v3_data)
         method = getattr(clone, func)
         if inspect.iscoroutinefunction(method):
             async def call(method=method, inputs=inputs, index=index):

@@ -66,7 +66,7 @@ async def run_list(url: str, mode: str = "REST API", *, count: int, per_item: di
         data["prompt"] = [f"Describe {i}" for i in range(count)]
     results = await execution._async_map_node_over_list("prompt-1", NODE_ID, LMStudioStreamChat, data,
                                                         "EXECUTE_NORMALIZED_ASYNC", allow_interrupt=True,
-                                                        hidden_inputs=hidden())
+                                                        v3_data=hidden())
     import asyncio
 
     tasks = [r for r in results if isinstance(r, asyncio.Task)]

@@ -1,0 +1,182 @@
+"""The pack inside real ComfyUI servers (0.8.0 and 0.33.0, on CPU), driven through `/prompt` and the websocket
+against the LM Studio stand-in: what the stand-in of ComfyUI's executor and server could get wrong."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import real_comfyui
+from fake_lmstudio import MODEL, openai_script, rest_script
+
+MODES = ("SDK", "REST API", "OpenAI-compatible")
+EXAMPLES = sorted((real_comfyui.ROOT / "example_workflows").glob("*.json"))
+# Types the frontend itself provides (notes, reroutes): never in /object_info.
+FRONTEND_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+
+
+def _server_or_skip(version: str) -> real_comfyui.ComfyServer:
+    try:
+        return real_comfyui.ComfyServer(version)
+    except LookupError as exc:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must build ComfyUI {version} before the tests (.ci/run does): {exc}") from exc
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=real_comfyui.VERSIONS)
+def comfyui(request):
+    server = _server_or_skip(request.param).start()
+    yield server
+    server.stop()
+
+
+def chat(url: str, mode: str = "REST API", **inputs) -> dict:
+    values = dict(prompt="Describe", model_id=MODEL, connection_mode=mode, server_url=url, temperature=0.7,
+                  max_tokens=-1, debug_mode=False, system_prompt="", seed=0)
+    return {"class_type": "LMStudioStreamChat", "inputs": values | inputs}
+
+
+def dataset(server: real_comfyui.ComfyServer, count: int) -> str:
+    """A folder of `count` small PNGs in the server's input directory, as a user would make one."""
+    name = f"ds_{uuid.uuid4().hex[:8]}"
+    folder = server.input_dir / name
+    folder.mkdir()
+    for index in range(count):
+        Image.new("RGB", (32 + index, 24), (10 * index, 80, 160)).save(folder / f"img_{index:02d}.png")
+    return name
+
+
+def dataset_prompt(server: real_comfyui.ComfyServer, url: str, folder: str, mode: str, **chat_inputs) -> dict:
+    save = {"images": ["1", 0], "texts": ["2", 0], "folder_name": f"{folder}_captioned", "filename_prefix": "img"}
+    if server.version != "0.8.0":
+        save["mode"] = "overwrite"  # 0.33.0's new required input
+    return {
+        "1": {"class_type": "LoadImageDataSetFromFolder", "inputs": {"folder": folder}},
+        "2": chat(url, mode, prompt="Caption", image=["1", 0], **chat_inputs),
+        "3": {"class_type": "SaveImageTextDataSetToFolder", "inputs": save},
+    }
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_a_single_run_streams_and_answers(comfyui, lmstudio, mode):
+    lmstudio.openai_chunks = openai_script(reasoning=["Let me", " look."])
+    run = await comfyui.run({"1": chat(lmstudio.url, mode)})
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    text = "".join(u["content"] for u in run.stream("text"))
+    reasoning = "".join(u["content"] for u in run.stream("reasoning"))
+    assert (text, reasoning) == ("A red square.", "Let me look.")
+    assert all(u["node_id"] == "1" for u in run.stream())
+    (shown,) = [m for m in run.of("executed") if m["node"] == "1"]
+    assert shown["output"]["lmstudio"][0]["text"] == "A red square."
+    # Every delta arrived before the node's `executed` message.
+    kinds = [m["type"] for m in run.messages]
+    assert max(i for i, k in enumerate(kinds) if k == "lmstudio.stream.update") < kinds.index("executed")
+
+
+async def test_the_same_prompt_again_comes_from_comfyuis_cache(comfyui, lmstudio):
+    prompt = {"1": chat(lmstudio.url, seed=1234)}
+    await comfyui.run(prompt)
+    before = len(lmstudio.chat_requests())
+    again = await comfyui.run(prompt)
+    assert again.outcome == "execution_success" and len(lmstudio.chat_requests()) == before
+    assert "1" in again.of("execution_cached")[0]["nodes"]
+    assert again.of("executed")[0]["output"]["lmstudio"][0]["text"] == "A red square."
+
+
+@pytest.mark.parametrize("mode", ("REST API", "SDK"))
+async def test_a_dataset_list_is_captioned_in_order(comfyui, lmstudio, mode):
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.01
+    folder = dataset(comfyui, 6)
+    run = await comfyui.run(dataset_prompt(comfyui, lmstudio.url, folder, mode), timeout=120)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    saved = comfyui.output_dir / f"{folder}_captioned"
+    captions = sorted(saved.glob("*.txt"))
+    assert len(captions) == 6 and len(sorted(saved.glob("*.png"))) == 6
+    assert all(path.read_text() == "Answer to Caption" for path in captions)
+    assert lmstudio.peak_in_flight <= lmstudio.parallel
+    indices = sorted({u["index"] for u in run.stream()})
+    # `count` is the items started so far: it grows while the list starts, and ends at the list's length.
+    assert indices == list(range(6)) and max(u["count"] for u in run.stream("item")) == 6
+
+
+async def test_cancel_mid_list_stops_every_item(comfyui, lmstudio):
+    lmstudio.event_delay = 0.15
+    lmstudio.rest_events = rest_script([], [f"word{i} " for i in range(200)])
+    folder = dataset(comfyui, 8)
+    cancelled_at: list[float] = []
+
+    async def cancel_once_streaming(run, message):
+        if not cancelled_at and message["type"] == "lmstudio.stream.update" and message["data"]["chunk_type"] == "text":
+            cancelled_at.append(time.monotonic())
+            await comfyui.post("/interrupt")
+
+    run = await comfyui.run(dataset_prompt(comfyui, lmstudio.url, folder, "REST API"), on_message=cancel_once_streaming,
+                            timeout=60)
+    ended = time.monotonic()
+    assert run.outcome == "execution_interrupted", (run.error, comfyui.log()[-2000:])
+    assert ended - cancelled_at[0] < 2.0
+    sent = len(lmstudio.chat_requests())
+    await asyncio.sleep(0.5)
+    assert lmstudio.in_flight == 0 and len(lmstudio.chat_requests()) == sent  # nothing more went out
+    assert sent <= 4  # the queued items never started
+    assert not list((comfyui.output_dir / f"{folder}_captioned").glob("*.txt"))
+    print(f"\nComfyUI {comfyui.version}: list cancelled {ended - cancelled_at[0]:.3f} s after /interrupt")
+
+
+async def test_the_options_node_reaches_the_chat_node(comfyui, lmstudio):
+    lmstudio.event_delay = 0.02
+    folder = dataset(comfyui, 4)
+    prompt = dataset_prompt(comfyui, lmstudio.url, folder, "REST API", options=["4", 0])
+    defaults = {"send_all_images": False, "max_image_side": 16, "jpeg_quality": 90, "on_error": "raise",
+                "reasoning": "low", "after_run": "keep loaded", "idle_ttl_minutes": 10, "free_comfy_vram": True,
+                "max_parallel": 1}
+    prompt["4"] = {"class_type": "LMStudioChatOptions", "inputs": defaults}
+    run = await comfyui.run(prompt, timeout=120)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    assert lmstudio.peak_in_flight == 1  # max_parallel
+    bodies = [r.body for r in lmstudio.chat_requests()]
+    assert len(bodies) == 4 and all(b["reasoning"] == "low" for b in bodies)
+    from base64 import b64decode
+    from io import BytesIO
+
+    image = next(item for item in bodies[0]["input"] if item["type"] == "image")
+    sent = Image.open(BytesIO(b64decode(image["data_url"].split(",", 1)[1])))
+    assert max(sent.size) == 16  # max_image_side
+    assert any(u["content"] == "Freeing ComfyUI's VRAM" for u in run.stream("status"))
+
+
+async def test_on_error_raise_stops_the_prompt_with_the_message(comfyui, lmstudio):
+    lmstudio.http_error = (404, {"error": {"message": "model missing", "code": "model_not_found"}})
+    prompt = {"1": chat(lmstudio.url), "2": {"class_type": "LMStudioChatOptions", "inputs": {
+        "send_all_images": False, "max_image_side": 1024, "jpeg_quality": 90, "on_error": "raise", "reasoning": "auto",
+        "after_run": "keep loaded", "idle_ttl_minutes": 10, "free_comfy_vram": False, "max_parallel": 0}}}
+    prompt["1"]["inputs"]["options"] = ["2", 0]
+    run = await comfyui.run(prompt)
+    assert run.outcome == "execution_error"
+    assert f"Model '{MODEL}' not found" in run.error["exception_message"]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+async def test_example_workflows_need_nothing_the_server_lacks(comfyui, path):
+    """Every node of the example exists in this ComfyUI, and every input it links is one the node has."""
+    info = await comfyui.object_info()
+    workflow = json.loads(Path(path).read_text())
+    for node in workflow["nodes"]:
+        if node["type"] in FRONTEND_TYPES:
+            continue
+        assert node["type"] in info, f"{node['type']} is missing from ComfyUI {comfyui.version}"
+        spec = info[node["type"]]["input"]
+        known = {**spec.get("required", {}), **spec.get("optional", {})}
+        for entry in node.get("inputs", []):
+            assert entry["name"] in known, (node["type"], entry["name"])
+        outputs = info[node["type"]]["output"]
+        assert [o["type"] for o in node.get("outputs", [])] == outputs[: len(node.get("outputs", []))], node["type"]
