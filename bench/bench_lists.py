@@ -19,7 +19,7 @@ import torch
 
 from _harness import FakeLMStudio, median_time, serve
 from lmstudio_pack.sdk_runtime import RUNTIME
-from node_helpers import run, run_list
+from chat_node_helpers import run, run_list
 
 ITEM_SECONDS = 0.2
 MODES = ("REST API", "OpenAI-compatible", "SDK")

@@ -23,7 +23,7 @@ from _harness import FakeLMStudio, ServerThread, median_time
 from fake_lmstudio import MODEL, sdk_fragment
 from lmstudio_pack.sdk_runtime import RUNTIME
 from lmstudio_pack.utils import sdk_api_host
-from node_helpers import run
+from chat_node_helpers import run
 
 ROUNDS = 15
 TOKENS = 5000
