@@ -18,8 +18,8 @@ import time
 import torch
 
 from _harness import FakeLMStudio, median_time, serve
-from lmstudio_pack.sdk_runtime import RUNTIME
 from chat_node_helpers import run, run_list
+from lmstudio_pack.sdk_runtime import RUNTIME
 
 ITEM_SECONDS = 0.2
 MODES = ("REST API", "OpenAI-compatible", "SDK")

@@ -1,6 +1,12 @@
 """The SDK mode's speed against the other modes and against the raw SDK, all in the same run. Run on purpose:
 
-    python bench/bench_sdk.py
+    python bench/bench_sdk.py                    # through ComfyUI's stand-in, the server in a thread
+    python bench/bench_sdk.py --comfyui 0.8.0    # through a real ComfyUI server (../shared/comfyui/setup.sh)
+
+`--comfyui`: three processes, as a user's machine has them: the LM Studio stand-in in its own, a real ComfyUI
+server with the pack, and this one, which queues the node and reads the same stream with raw clients (a kept
+`lmstudio.AsyncClient`; aiohttp reading the SSE to its end for the HTTP modes). The node's time is from the
+`executing` to the `executed` message of its node, median of ROUNDS_COMFYUI runs interleaved with the raw ones.
 
 Against the tests' LM Studio stand-in on loopback, served from its own thread (so the figures are overhead, not a
 model's speed, and nothing measured shares a loop with the server), through the node and ComfyUI's stand-in:
@@ -20,10 +26,10 @@ import statistics
 import lmstudio as lms
 
 from _harness import FakeLMStudio, ServerThread, median_time
+from chat_node_helpers import run
 from fake_lmstudio import MODEL, sdk_fragment
 from lmstudio_pack.sdk_runtime import RUNTIME
 from lmstudio_pack.utils import sdk_api_host
-from chat_node_helpers import run
 
 ROUNDS = 15
 TOKENS = 5000
@@ -84,5 +90,79 @@ async def main() -> None:
           f"  -> {first / old:.2f}x")
 
 
+ROUNDS_COMFYUI = 6
+_ENDPOINTS = {"REST API": "/api/v1/chat", "OpenAI-compatible": "/v1/chat/completions"}
+
+
+async def raw_http(url: str, mode: str) -> int:
+    """The same stream as the node asks for, read to its end with aiohttp: what the transport alone costs."""
+    import aiohttp
+
+    body = {"model": MODEL, "stream": True, "store": False, "input": "Describe"} if mode == "REST API" else {
+        "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Describe"}]}
+    lines = 0
+    async with aiohttp.ClientSession() as session, session.post(url + _ENDPOINTS[mode], json=body) as response:
+        async for _ in response.content:
+            lines += 1
+    return lines
+
+
+async def node_in_comfyui(server, url: str, mode: str, seed: int) -> float:
+    """Seconds from the node's `executing` to its `executed` message (a new seed each run: no cache)."""
+    import time
+
+    marks: dict[str, float] = {}
+
+    async def mark(run, message) -> None:
+        node = (message.get("data") or {}).get("node")
+        if node == "1" and message["type"] in ("executing", "executed"):
+            marks.setdefault(message["type"], time.perf_counter())
+
+    prompt = {"1": {"class_type": "LMStudioStreamChat", "inputs": {
+        "prompt": "Describe", "model_id": MODEL, "connection_mode": mode, "server_url": url, "temperature": 0.7,
+        "max_tokens": -1, "debug_mode": False, "system_prompt": "", "seed": seed}}}
+    run = await server.run(prompt, on_message=mark)
+    assert run.outcome == "execution_success", run.error
+    return marks["executed"] - marks["executing"]
+
+
+async def main_comfyui(version: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import real_comfyui
+
+    fake = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fake_process.py")), str(TOKENS)],
+                            stdout=subprocess.PIPE, text=True)
+    server = real_comfyui.ComfyServer(version).start()
+    try:
+        url = fake.stdout.readline().strip()
+        host = sdk_api_host(url)
+        seeds = iter(range(1, 10_000))
+        print(f"ComfyUI {version}, {TOKENS} tokens at unlimited speed, median of {ROUNDS_COMFYUI}:")
+        async with lms.AsyncClient(host) as client:
+            for mode in ("SDK", "REST API", "OpenAI-compatible"):
+                raw = (lambda: raw_predict(client)) if mode == "SDK" else (lambda mode=mode: raw_http(url, mode))
+                await raw()
+                await node_in_comfyui(server, url, mode, next(seeds))
+                raw_times, node_times = [], []
+                for _ in range(ROUNDS_COMFYUI):
+                    raw_times.append(await median_time(raw, 1))
+                    node_times.append(await node_in_comfyui(server, url, mode, next(seeds)))
+                raw_s, node_s = statistics.median(raw_times), statistics.median(node_times)
+                print(f"  {mode:<18} node {node_s * 1000:6.0f} ms, raw {raw_s * 1000:6.0f} ms"
+                      f"  -> {raw_s / node_s:.2f}x the raw rate")
+    finally:
+        server.stop()
+        fake.kill()
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    import sys
+
+    if "--comfyui" in sys.argv:
+        asyncio.run(main_comfyui(sys.argv[sys.argv.index("--comfyui") + 1]))
+    else:
+        asyncio.run(main())

@@ -85,6 +85,27 @@ class Chromium:
             await asyncio.sleep(0.05)
         raise RuntimeError(f"page never became ready: {url}; console: {self.console}")
 
+    async def mouse(self, kind: str, x: float, y: float, **extra: Any) -> None:
+        """One real input event at (x, y) in CSS pixels: mousePressed, mouseMoved, mouseReleased or mouseWheel."""
+        buttons = {"button": "left", "buttons": 1, "clickCount": 1} if kind != "mouseWheel" else {}
+        if kind == "mouseMoved" and not extra.pop("pressed", False):
+            buttons = {}
+        await self.send("Input.dispatchMouseEvent", {"type": kind, "x": x, "y": y, **buttons, **extra})
+
+    async def drag(self, start: tuple[float, float], end: tuple[float, float], steps: int = 12) -> None:
+        """Press at `start`, move in steps to `end`, release: a person dragging a handle."""
+        await self.mouse("mousePressed", *start)
+        for step in range(1, steps + 1):
+            x = start[0] + (end[0] - start[0]) * step / steps
+            y = start[1] + (end[1] - start[1]) * step / steps
+            await self.mouse("mouseMoved", x, y, pressed=True)
+            await asyncio.sleep(0.02)
+        await self.mouse("mouseReleased", *end)
+
+    async def wheel(self, x: float, y: float, delta_y: float) -> None:
+        await self.mouse("mouseMoved", x, y)
+        await self.mouse("mouseWheel", x, y, deltaX=0, deltaY=delta_y)
+
     async def screenshot(self, path: Path) -> None:
         data = await self.send("Page.captureScreenshot", {"format": "png"})
         path.write_bytes(base64.b64decode(data["data"]))

@@ -24,8 +24,8 @@ try:
 
     comfy.cli_args.args.cpu = True
     # As main.py does: ComfyUI's `utils` package first, before `nodes` puts comfy/ (with its utils.py) on sys.path.
-    import utils.install_util  # noqa: F401
     import comfy_api.latest  # noqa: F401
+    import utils.install_util  # noqa: F401
 except ImportError:
     sys.path.append(str(TESTS / "comfy_stub"))  # the stand-in, only when ComfyUI itself is not importable
 # After ComfyUI's own folder: a test helper must never shadow one of ComfyUI's top-level modules.
@@ -105,3 +105,32 @@ def comfy(monkeypatch):
     yield recorder
     comfy_utils.set_progress_bar_global_hook(None)
     model_management.interrupt_current_processing(False)
+
+
+@pytest.fixture(scope="session")
+def real_comfyui_servers():
+    """`get(version, frontend=None)`: a started real ComfyUI server, one per (version, frontend), shared by every
+    real-ComfyUI module of the session and stopped at its end. Without a cached build: a skip, or in CI a failure."""
+    import real_comfyui
+
+    servers: dict[tuple[str, str | None], real_comfyui.ComfyServer] = {}
+
+    def get(version: str, frontend: str | None = None) -> real_comfyui.ComfyServer:
+        key = (version, frontend)
+        if key not in servers:
+            root = real_comfyui.frontend_root(frontend) if frontend else None
+            missing = f"frontend {frontend} is not unpacked (.ci/run fetches it)" if frontend and not root else ""
+            try:
+                server = None if missing else real_comfyui.ComfyServer(version, frontend=root)
+            except LookupError as exc:
+                missing = str(exc)
+            if missing or server is None:
+                if os.environ.get("CI"):
+                    raise RuntimeError(f"CI must prepare the real-ComfyUI tier (.ci/run does): {missing}")
+                pytest.skip(missing)
+            servers[key] = server.start()
+        return servers[key]
+
+    yield get
+    for server in servers.values():
+        server.stop()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 import uuid
 from pathlib import Path
@@ -22,20 +21,9 @@ EXAMPLES = sorted((real_comfyui.ROOT / "example_workflows").glob("*.json"))
 FRONTEND_TYPES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
 
-def _server_or_skip(version: str) -> real_comfyui.ComfyServer:
-    try:
-        return real_comfyui.ComfyServer(version)
-    except LookupError as exc:
-        if os.environ.get("CI"):
-            raise RuntimeError(f"CI must build ComfyUI {version} before the tests (.ci/run does): {exc}") from exc
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(scope="module", params=real_comfyui.VERSIONS)
-def comfyui(request):
-    server = _server_or_skip(request.param).start()
-    yield server
-    server.stop()
+def comfyui(request, real_comfyui_servers):
+    return real_comfyui_servers(request.param)
 
 
 def chat(url: str, mode: str = "REST API", **inputs) -> dict:

@@ -9,12 +9,12 @@ import torch
 from aiohttp import web
 from server import PromptServer
 
+from chat_node_helpers import events, run
 from fake_lmstudio import MODEL, native_model, openai_script
 from lmstudio_pack import node as node_module
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, LMStudioError
 from lmstudio_pack.client import list_models, stream_chat, unload_model
 from lmstudio_pack.node import LMStudioStreamChat
-from chat_node_helpers import events, run
 
 MODES = pytest.mark.parametrize("mode", ["SDK", "REST API", "OpenAI-compatible"])
 

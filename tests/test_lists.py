@@ -12,10 +12,10 @@ import comfy.model_management as model_management
 import pytest
 import torch
 
+from chat_node_helpers import NODE_ID, Recorder, events, run, run_list
 from fake_lmstudio import MODEL, native_model
 from lmstudio_pack import node as node_module
 from lmstudio_pack.chat import ChatRequest
-from chat_node_helpers import NODE_ID, Recorder, events, run, run_list
 
 MODES = pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible", "SDK"])
 SLOW = 0.03  # seconds between frames: an item takes a measurable time

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from chat_node_helpers import events, run, run_list
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
 from lmstudio_pack.client import list_models, stream_chat
-from chat_node_helpers import events, run, run_list
 
 BIN, MODEL_FILE = os.environ.get("LLAMA_SERVER_BIN"), os.environ.get("LLAMA_MODEL")
 if not (BIN and MODEL_FILE):

@@ -26,28 +26,32 @@ import {
 } from "./lmstudio_stream_core.js";
 
 const WIDGET_TYPE = "lmstudio_stream_view";
+// Classic nodes draw a DOM widget 10 px inside its slot, top and bottom: 180 asked gives the view 160 px there.
 const MIN_HEIGHT = 180;
+const VIEW_MIN_HEIGHT = 180; // Nodes 2.0 draws the element with no margin: at least as tall as classic nodes
 // The frontend gives a multiline widget one line (~30 px) when the node is laid out at its smallest; the prompt is
 // what people write, so it gets at least three lines.
 const PROMPT_LINES = 3;
 const DOM_WIDGET_MARGINS = 20; // the frontend draws a DOM widget 10 px inside its slot, top and bottom
 
 const STYLE = `
-.lmstudio-stream { display: flex; flex-direction: column; gap: 4px; height: 100%; min-height: 0;
+.lmstudio-stream { display: flex; flex-direction: column; gap: 4px; height: 100%; min-height: 0; overflow: hidden;
   box-sizing: border-box; font: 12px/1.4 var(--font-family, sans-serif); color: var(--input-text, #ddd); }
+.lmstudio-stream > * { flex: none; }
 .lmstudio-stream .lms-status { min-height: 1.4em; opacity: 0.8; font-size: 11px; }
-.lmstudio-stream details { display: flex; flex-direction: column; min-height: 0; }
-.lmstudio-stream details[open] { flex: 1 1 0; }
-.lmstudio-stream summary { cursor: pointer; opacity: 0.7; font-size: 11px; user-select: none; }
-.lmstudio-stream .lms-pane { margin: 0; padding: 4px 6px; overflow: auto; white-space: pre-wrap;
-  word-break: break-word; border-radius: 4px; background: var(--comfy-input-bg, #222); min-height: 2.8em;
+.lmstudio-stream .lms-thoughts { display: flex; flex-direction: column; flex: 1 1 0; min-height: 4.4em; }
+.lmstudio-stream .lms-thoughts.lms-collapsed { flex: none; min-height: 0; }
+.lmstudio-stream .lms-thoughts.lms-collapsed .lms-pane { display: none; }
+.lmstudio-stream .lms-thoughts-head { flex: none; cursor: pointer; opacity: 0.7; font-size: 11px; user-select: none;
+  background: none; border: 0; padding: 0; color: inherit; text-align: left; }
+.lmstudio-stream .lms-pane { margin: 0; padding: 4px 6px; overflow: auto; white-space: pre-wrap; box-sizing: border-box;
+  word-break: break-word; border-radius: 4px; background: var(--comfy-input-bg, #222); flex: 1 1 0; min-height: 2.8em;
   font: inherit; }
-.lmstudio-stream details[open] .lms-pane { height: calc(100% - 1.6em); box-sizing: border-box; }
 .lmstudio-stream .lms-reasoning { font-style: italic; opacity: 0.65; }
 .lmstudio-stream .lms-answer { flex: 2 1 0; }
 .lmstudio-stream .lms-footer { display: flex; gap: 6px; align-items: center; font-size: 11px; opacity: 0.8; }
 .lmstudio-stream .lms-stats { flex: 1; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
-.lmstudio-stream .lms-error { color: var(--error-text, #ff6b6b); white-space: pre-wrap; }
+.lmstudio-stream .lms-error { color: var(--error-text, #ff6b6b); white-space: pre-wrap; max-height: 5.6em; overflow: auto; }
 .lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty, .lmstudio-stream .lms-list:empty,
 .lmstudio-stream .lms-notice:empty, .lmstudio-stream .lms-answers:empty { display: none; }
 .lmstudio-stream .lms-list { font-size: 11px; font-weight: bold; opacity: 0.85; }
@@ -61,6 +65,10 @@ const STYLE = `
 .lmstudio-stream .lms-entry-text { overflow: hidden; text-overflow: ellipsis; }
 .lmstudio-stream .lms-entry.lms-failed .lms-entry-text { color: var(--error-text, #ff6b6b); }
 .lmstudio-stream button { font-size: 11px; padding: 1px 6px; cursor: pointer; }
+/* Nodes 2.0 (the Vue renderer, inside .lg-node-widgets) mounts the element in a grid row that sizes to its content
+   (1.35.9) or stretches it (1.47+): either way the view needs a height of its own, never less than classic nodes
+   give it. */
+.lg-node-widgets .lmstudio-stream { height: auto; min-height: ${VIEW_MIN_HEIGHT}px; }
 `;
 
 function injectStyle() {
@@ -81,6 +89,7 @@ function element(tag, className, text) {
 /** A pane that shows a growing text with one Text node, and follows it unless the user scrolled up. */
 function createPane(className) {
   const pane = element("pre", `lms-pane ${className}`);
+  pane.tabIndex = -1; // a click focuses it, so Nodes 2.0 lets the wheel scroll it (see data-capture-wheel)
   const text = document.createTextNode("");
   pane.appendChild(text);
   return {
@@ -121,12 +130,21 @@ function createAnswers(onPick) {
 
 function createView() {
   const root = element("div", "lmstudio-stream");
+  // The frontend's own text widgets' convention: in Nodes 2.0 the wheel scrolls what is inside rather than zooming
+  // the canvas (1.35.9: on hover; 1.47 and later: once a click put the focus inside, as for its text boxes).
+  root.dataset.captureWheel = "true";
   const list = element("div", "lms-list");
   const notice = element("div", "lms-notice");
   const status = element("div", "lms-status");
-  const thoughts = element("details", "lms-thoughts");
-  thoughts.open = true;
-  const summary = element("summary", "", "Reasoning");
+  // A plain flex column, not <details>: its contents sit in a pseudo-element that flex layout cannot size, and the
+  // pane spilled over the answer.
+  const thoughts = element("div", "lms-thoughts");
+  const summary = element("button", "lms-thoughts-head", "▾ Reasoning");
+  summary.type = "button";
+  summary.addEventListener("click", () => {
+    thoughts.classList.toggle("lms-collapsed");
+    schedule();
+  });
   const reasoning = createPane("lms-reasoning");
   thoughts.append(summary, reasoning.pane);
   const answer = createPane("lms-answer");
@@ -152,7 +170,8 @@ function createView() {
     notice.textContent = state.notice;
     status.textContent = item.status;
     thoughts.style.display = item.reasoning ? "" : "none";
-    summary.textContent = state.running && !item.done && !item.text ? "Reasoning…" : "Reasoning";
+    const label = state.running && !item.done && !item.text ? "Reasoning…" : "Reasoning";
+    summary.textContent = `${thoughts.classList.contains("lms-collapsed") ? "▸" : "▾"} ${label}`;
     reasoning.show(item.reasoning);
     answer.show(item.text);
     error.textContent = item.error;
@@ -202,16 +221,24 @@ async function copyText(text, button) {
 }
 
 /** A model picker fed by the pack's route for the node's own server_url; it writes the key into model_id. */
+/**
+ * The node's widget as the renderer sees it now. Nodes 2.0 (1.35.9) wraps `node.widgets` in reactive proxies when
+ * the node joins the graph: a write through a reference kept from before would never reach the Vue node.
+ */
+function liveWidget(node, name) {
+  return node.widgets?.find((w) => w.name === name);
+}
+
 function attachModelPicker(node) {
-  const widget = (name) => node.widgets?.find((w) => w.name === name);
-  const modelId = widget("model_id");
-  const serverUrl = widget("server_url");
-  if (!modelId || !serverUrl) return null;
+  if (!liveWidget(node, "model_id") || !liveWidget(node, "server_url")) return null;
   let options = pickerOptions({ models: [] });
   let request = 0;
+  let showing = false;
   const picker = node.addWidget("combo", "pick model", PICK_PROMPT, (label) => {
+    if (showing) return; // the pack showing a value, not a person choosing one
     const key = options.keys.get(label);
     if (key === undefined) return;
+    const modelId = liveWidget(node, "model_id");
     modelId.value = key;
     modelId.callback?.(key);
     node.setDirtyCanvas?.(true, true);
@@ -222,23 +249,33 @@ function attachModelPicker(node) {
     const mine = ++request;
     let body;
     try {
-      const response = await api.fetchApi(modelsRoute(serverUrl.value));
+      const response = await api.fetchApi(modelsRoute(liveWidget(node, "server_url").value));
       body = await response.json();
     } catch (error) {
       body = { error: `ComfyUI could not list models: ${error}` };
     }
     if (mine !== request) return; // a newer refresh (server_url changed meanwhile) wins
     options = pickerOptions(body);
-    picker.options.values = [PICK_PROMPT, ...options.labels];
+    const live = liveWidget(node, "pick model") ?? picker;
+    live.options.values = [PICK_PROMPT, ...options.labels];
     // Unreachable: the picker itself says so in one short line; the full explanation waits for a run, so a
     // fresh node greets nobody with red text.
-    picker.value = options.error ? options.labels[0] : pickerValue(options, modelId.value);
+    const value = options.error ? options.labels[0] : pickerValue(options, liveWidget(node, "model_id").value);
+    live.value = value;
+    // Nodes 2.0 in frontend 1.35.9 shows a widget's new value only once its callback runs.
+    showing = true;
+    try {
+      live.callback?.(value);
+    } finally {
+      showing = false;
+    }
     node.setDirtyCanvas?.(true, true);
   }
 
   const button = node.addWidget("button", "refresh models", null, () => refresh(), { serialize: false });
   button.serialize = false;
   let timer = null;
+  const serverUrl = liveWidget(node, "server_url");
   const onUrlChange = serverUrl.callback;
   serverUrl.callback = function (...args) {
     const result = onUrlChange?.apply(this, args);
@@ -261,9 +298,44 @@ function roomForPrompt(node) {
   };
 }
 
+/**
+ * Nodes 2.0 before frontend 1.47 (1.35.9) mounts a DOM widget in a grid row sized to its content, so the view would
+ * never grow with the node; 1.47 and later stretch the row (its wrapper is a flex column) and need nothing here.
+ * There, and only there, the view takes the share of the height a user adds to the node that a stretching row gets
+ * in later frontends: an equal share with the rows that do stretch (the text boxes).
+ */
+function followVueNodeHeight(root) {
+  const mounted = new ResizeObserver(() => {
+    const nodeElement = root.closest(".lg-node");
+    const wrapper = root.parentElement;
+    if (!nodeElement || !wrapper || getComputedStyle(wrapper).display === "flex") return;
+    mounted.disconnect();
+    let layoutHeight = null;
+    const fit = () => {
+      const next = nodeElement.style.getPropertyValue("--node-height");
+      if (next === layoutHeight) return; // the node was moved, not resized
+      layoutHeight = next;
+      // The node's natural height: the view at its minimum, the node not held to its layout height. Measured and
+      // restored in one go, before the next paint.
+      root.style.minHeight = "";
+      nodeElement.style.minHeight = "0px";
+      const natural = nodeElement.offsetHeight;
+      nodeElement.style.minHeight = "";
+      const grid = root.closest(".lg-node-widgets");
+      const stretching = (grid?.style.gridTemplateRows.match(/\bauto\b/g) ?? []).length;
+      const added = Math.max(0, (parseFloat(next) || 0) - natural);
+      if (added > 0) root.style.minHeight = `${VIEW_MIN_HEIGHT + added / (stretching + 1)}px`;
+    };
+    new MutationObserver(fit).observe(nodeElement, { attributes: true, attributeFilter: ["style"] });
+    fit();
+  });
+  mounted.observe(root);
+}
+
 function attachView(node) {
   injectStyle();
   const view = createView();
+  followVueNodeHeight(view.root);
   node.addDOMWidget("lmstudio_stream", WIDGET_TYPE, view.root, {
     serialize: false,
     hideOnZoom: false,
