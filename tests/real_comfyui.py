@@ -44,7 +44,9 @@ def build(version: str) -> tuple[Path, Path] | None:
     script = shared_dir() / "comfyui" / "setup.sh"
     if not script.is_file():
         return None
-    # Spelled as `.ci/run` spells it, from the checkout: the script's cache stamp hashes its own path as given.
+    # Spelled as `.ci/run` spells it, from the checkout: the script's cache stamp hashes its own path as given and
+    # the archive's absolute path, so a checkout whose shared/ lies elsewhere rebuilds (unpack and reinstall, a
+    # few minutes) once, and finds its own build here.
     done = subprocess.run(["bash", os.path.relpath(script, ROOT), version, "--cached"], cwd=ROOT, capture_output=True,
                           text=True)
     if done.returncode != 0:
