@@ -313,7 +313,8 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
                 yield item
             # Read again a moment later, not at once: each wake-up of this loop from the SDK's thread costs a
             # cross-thread call and a hand-over of the GIL, which, one per fragment, slowed a fast stream in a real
-            # ComfyUI to 0.7x the raw SDK. The view is redrawn 30 times a second; 4 ms is never seen.
+            # ComfyUI to 0.61x the raw SDK (`bench/bench_sdk.py --comfyui`). The view is redrawn 30 times a second:
+            # half a redraw tick is never seen.
             await asyncio.sleep(HANDOFF_PAUSE_SECONDS)
     finally:
         if not ended:

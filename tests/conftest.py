@@ -19,13 +19,14 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT]
 if os.environ.get("COMFYUI_PATH"):
     sys.path.insert(0, os.environ["COMFYUI_PATH"])
 try:
-    # A real ComfyUI on a machine without CUDA needs --cpu before anything imports comfy.model_management.
+    # A real ComfyUI on a machine without CUDA needs --cpu before anything imports comfy.model_management. As
+    # main.py does, ComfyUI's `utils` package comes first too (it imports only the standard library): later, `nodes`
+    # puts comfy/, with its own utils.py, at the front of sys.path.
     import comfy.cli_args
+    import utils.install_util  # noqa: F401
 
     comfy.cli_args.args.cpu = True
-    # As main.py does: ComfyUI's `utils` package first, before `nodes` puts comfy/ (with its utils.py) on sys.path.
     import comfy_api.latest  # noqa: F401
-    import utils.install_util  # noqa: F401
 except ImportError:
     sys.path.append(str(TESTS / "comfy_stub"))  # the stand-in, only when ComfyUI itself is not importable
 # After ComfyUI's own folder: a test helper must never shadow one of ComfyUI's top-level modules.

@@ -5,7 +5,6 @@ Studio stand-in. `FRONTEND_SCREENSHOTS=DIR` keeps a picture of each check."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 from pathlib import Path
@@ -247,8 +246,7 @@ async def test_a_list_run_shows_every_answer(ui, lmstudio):
         return {entries: [...T.view(__node).querySelectorAll(".lms-entry")].map((e) => e.textContent),
                 list: T.text(__node, ".lms-list"), parts: T.parts(__node)};
     })()""")
-    assert shown["entries"] == ["#1Answer to Describe the picture."] * 1 + [
-        "#2Answer to Describe the picture.", "#3Answer to Describe the picture."], shown
+    assert shown["entries"] == [f"#{i}Answer to Describe the picture." for i in (1, 2, 3)], shown
     assert "3 done" in shown["list"]
     assert not overlaps(shown["parts"]), shown["parts"]
     assert shown["parts"]["answers"]["height"] >= 30 and shown["parts"]["answer"]["height"] >= 30, shown["parts"]
@@ -316,4 +314,3 @@ async def test_first_release_workflows_migrate_and_the_examples_load(ui):
             return app.graph.nodes.filter((n) => !LiteGraph.registered_node_types[n.type]).map((n) => n.type);
         }})()""")
         assert missing == [], (path.name, missing)
-    await asyncio.sleep(0)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import time
 import uuid
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from PIL import Image
 
 import real_comfyui
 from fake_lmstudio import MODEL, openai_script, rest_script
+from lmstudio_pack.options_node import ChatOptions
 
 MODES = ("SDK", "REST API", "OpenAI-compatible")
 EXAMPLES = sorted((real_comfyui.ROOT / "example_workflows").glob("*.json"))
@@ -30,6 +32,11 @@ def chat(url: str, mode: str = "REST API", **inputs) -> dict:
     values = dict(prompt="Describe", model_id=MODEL, connection_mode=mode, server_url=url, temperature=0.7,
                   max_tokens=-1, debug_mode=False, system_prompt="", seed=0)
     return {"class_type": "LMStudioStreamChat", "inputs": values | inputs}
+
+
+def options_node(**settings) -> dict:
+    """An LM Studio Chat Options node: every input at its default but `settings`."""
+    return {"class_type": "LMStudioChatOptions", "inputs": asdict(ChatOptions(**settings))}
 
 
 def dataset(server: real_comfyui.ComfyServer, count: int) -> str:
@@ -124,10 +131,8 @@ async def test_the_options_node_reaches_the_chat_node(comfyui, lmstudio):
     lmstudio.event_delay = 0.02
     folder = dataset(comfyui, 4)
     prompt = dataset_prompt(comfyui, lmstudio.url, folder, "REST API", options=["4", 0])
-    defaults = {"send_all_images": False, "max_image_side": 16, "jpeg_quality": 90, "on_error": "raise",
-                "reasoning": "low", "after_run": "keep loaded", "idle_ttl_minutes": 10, "free_comfy_vram": True,
-                "max_parallel": 1}
-    prompt["4"] = {"class_type": "LMStudioChatOptions", "inputs": defaults}
+    prompt["4"] = options_node(max_image_side=16, on_error="raise", reasoning="low", free_comfy_vram=True,
+                               max_parallel=1)
     run = await comfyui.run(prompt, timeout=120)
     assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
     assert lmstudio.peak_in_flight == 1  # max_parallel
@@ -144,10 +149,7 @@ async def test_the_options_node_reaches_the_chat_node(comfyui, lmstudio):
 
 async def test_on_error_raise_stops_the_prompt_with_the_message(comfyui, lmstudio):
     lmstudio.http_error = (404, {"error": {"message": "model missing", "code": "model_not_found"}})
-    prompt = {"1": chat(lmstudio.url), "2": {"class_type": "LMStudioChatOptions", "inputs": {
-        "send_all_images": False, "max_image_side": 1024, "jpeg_quality": 90, "on_error": "raise", "reasoning": "auto",
-        "after_run": "keep loaded", "idle_ttl_minutes": 10, "free_comfy_vram": False, "max_parallel": 0}}}
-    prompt["1"]["inputs"]["options"] = ["2", 0]
+    prompt = {"1": chat(lmstudio.url, options=["2", 0]), "2": options_node(on_error="raise")}
     run = await comfyui.run(prompt)
     assert run.outcome == "execution_error"
     assert f"Model '{MODEL}' not found" in run.error["exception_message"]

@@ -26,9 +26,9 @@ import {
 } from "./lmstudio_stream_core.js";
 
 const WIDGET_TYPE = "lmstudio_stream_view";
-// Classic nodes draw a DOM widget 10 px inside its slot, top and bottom: 180 asked gives the view 160 px there.
+// What the view asks for. Classic nodes draw a DOM widget 10 px inside its slot, top and bottom (160 px of view);
+// Nodes 2.0 draws it with no margin, so the same figure there is never less than classic nodes give.
 const MIN_HEIGHT = 180;
-const VIEW_MIN_HEIGHT = 180; // Nodes 2.0 draws the element with no margin: at least as tall as classic nodes
 // The frontend gives a multiline widget one line (~30 px) when the node is laid out at its smallest; the prompt is
 // what people write, so it gets at least three lines.
 const PROMPT_LINES = 3;
@@ -68,7 +68,7 @@ const STYLE = `
 /* Nodes 2.0 (the Vue renderer, inside .lg-node-widgets) mounts the element in a grid row that sizes to its content
    (1.35.9) or stretches it (1.47+): either way the view needs a height of its own, never less than classic nodes
    give it. */
-.lg-node-widgets .lmstudio-stream { height: auto; min-height: ${VIEW_MIN_HEIGHT}px; }
+.lg-node-widgets .lmstudio-stream { height: auto; min-height: ${MIN_HEIGHT}px; }
 `;
 
 function injectStyle() {
@@ -220,7 +220,6 @@ async function copyText(text, button) {
   setTimeout(() => (button.textContent = "Copy"), 1200);
 }
 
-/** A model picker fed by the pack's route for the node's own server_url; it writes the key into model_id. */
 /**
  * The node's widget as the renderer sees it now. Nodes 2.0 (1.35.9) wraps `node.widgets` in reactive proxies when
  * the node joins the graph: a write through a reference kept from before would never reach the Vue node.
@@ -229,6 +228,7 @@ function liveWidget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
+/** A model picker fed by the pack's route for the node's own server_url; it writes the key into model_id. */
 function attachModelPicker(node) {
   if (!liveWidget(node, "model_id") || !liveWidget(node, "server_url")) return null;
   let options = pickerOptions({ models: [] });
@@ -324,7 +324,7 @@ function followVueNodeHeight(root) {
       const grid = root.closest(".lg-node-widgets");
       const stretching = (grid?.style.gridTemplateRows.match(/\bauto\b/g) ?? []).length;
       const added = Math.max(0, (parseFloat(next) || 0) - natural);
-      if (added > 0) root.style.minHeight = `${VIEW_MIN_HEIGHT + added / (stretching + 1)}px`;
+      if (added > 0) root.style.minHeight = `${MIN_HEIGHT + added / (stretching + 1)}px`;
     };
     new MutationObserver(fit).observe(nodeElement, { attributes: true, attributeFilter: ["style"] });
     fit();
