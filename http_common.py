@@ -44,10 +44,7 @@ class IncompleteStream(Exception):
 
 
 def base_url(request: ChatRequest) -> str:
-    try:
-        return normalize_server_url(request.server_url)
-    except ValueError as exc:
-        raise LMStudioError(str(exc)) from None
+    return normalize_server_url(request.server_url)
 
 
 def session_for(request: ChatRequest) -> aiohttp.ClientSession:

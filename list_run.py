@@ -22,6 +22,7 @@ class ListRun:
     states: dict[int, str] = field(default_factory=dict)
     fractions: dict[int, float] = field(default_factory=dict)
     abort_message: str | None = None  # set by an item whose error policy stops the whole run
+    resumed: int = 0  # items whose answer came back from the answers file
     vram_freed: bool = False  # ComfyUI's VRAM is handed over once per list, not once per item
     # Items started so far (every item of a list is started within the same few loop turns); kept, not derived,
     # because every message to the browser carries it.

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import asdict
 
 import comfy.model_management as model_management
+import folder_paths
 from aiohttp import web
 from comfy.utils import ProgressBar
 from comfy_api.latest import ComfyExtension, io
 from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
+from .answer_store import Answer, AnswerStore
 from .chat import (
     DEFAULT_SERVER_URL,
     ChatRequest,
@@ -51,6 +54,10 @@ QUEUE_POLL_SECONDS = 0.1
 # After Cancel, how long the stream may take to close (the SDK sends `cancel` and drains) before we give up on it.
 CANCEL_GRACE_SECONDS = 0.8
 UNLOAD_CONFIRM_SECONDS = 10.0
+# A failed first item waits this long to learn whether it is part of a list (see `_in_list`).
+LIST_SETTLE_SECONDS = 0.05
+# In ComfyUI's user folder; the `__` prefix marks a system user's folder, which ComfyUI never serves over HTTP.
+ANSWERS_FOLDER = "__lmstudio_stream_chat"
 RETRIES = 1  # a transient failure (a dropped stream, HTTP 5xx, an error inside the stream) is tried once more
 _POOL_SOURCES = {
     "server": "the loaded model's parallel slots",
@@ -367,6 +374,9 @@ class LMStudioStreamChat(io.ComfyNode):
             if debug_mode:
                 log.info("LM Studio request from node %s, item %d: %s", channel.node_id, channel.index,
                          request.describe())
+            store = answer_store() if options.resume else None
+            if store is not None and (answer := await store.lookup(request)) is not None:
+                return _resumed(answer, channel)
             if options.free_comfy_vram:
                 _free_comfy_vram(channel)
             await _stream_item(request, options, relay, channel)
@@ -377,15 +387,17 @@ class LMStudioStreamChat(io.ComfyNode):
             _finish(channel, CANCELLED, "Stopped: another item failed")
             raise RuntimeError(str(exc)) from None
         except Exception as exc:  # the error policy decides; nothing is swallowed silently
-            return _failed(exc, options, channel, relay, connection_mode, debug_mode)
-        stats = relay.stats or Stats(mode=connection_mode)
-        summary = stats.summary()
+            return await _failed(exc, options, channel, relay, connection_mode, debug_mode)
+        answer = Answer("".join(relay.text), "".join(relay.reasoning), relay.stats or Stats(mode=connection_mode))
+        if store is not None:
+            await store.keep(request, answer)
+        summary = answer.stats.summary()
         channel.send("stats", summary)
         # VRAM is handed back once, after the list's last answer.
-        if options.after_run == UNLOAD and stats.model and not channel.run.active(besides=channel.index):
-            await _unload(request, stats.model, channel)
+        if options.after_run == UNLOAD and answer.stats.model and not channel.run.active(besides=channel.index):
+            await _unload(request, answer.stats.model, channel)
         _finish(channel, DONE)
-        return _output(channel.index, "".join(relay.text), "".join(relay.reasoning), summary, stats)
+        return _output(channel.index, answer, summary)
 
 
 def _image_linked(hidden) -> bool:
@@ -411,11 +423,41 @@ def _finish(channel: ItemChannel, state: str, status: str = "") -> None:
     channel.send("done")
 
 
-def _failed(
+def answer_store() -> AnswerStore:
+    """The finished answers in ComfyUI's user folder, as a system user's: never served over ComfyUI's HTTP API."""
+    user_folder = folder_paths.get_user_directory()
+    if _stores.get(user_folder) is None:
+        _stores[user_folder] = AnswerStore(os.path.join(user_folder, ANSWERS_FOLDER))
+    return _stores[user_folder]
+
+
+_stores: dict[str, AnswerStore] = {}
+
+
+def _resumed(answer: Answer, channel: ItemChannel) -> io.NodeOutput:
+    """An item whose exact request was answered before: its answer again, at once, and a word on the node."""
+    run = channel.run
+    run.resumed += 1
+    for chunk_type, text in (("reasoning", answer.reasoning), ("text", answer.text)):
+        if text:
+            channel.send(chunk_type, text)
+    summary = answer.stats.summary()
+    channel.send("stats", summary)
+    if run.count > 1:
+        notice = f"{run.resumed} of {run.count} answers came back finished from the last run; the rest are generated."
+    else:
+        notice = "This answer came back from an earlier run of the same request and seed; change the seed for a new one."
+    channel.send("notice", f"{notice} (resume in LM Studio Chat Options)")
+    _finish(channel, DONE)
+    return _output(channel.index, answer, summary)
+
+
+async def _failed(
     exc: Exception, options: ChatOptions, channel: ItemChannel, relay: StreamRelay, mode: str, debug_mode: bool
 ) -> io.NodeOutput:
-    """Apply the error policy: the item's error text as its answer, or stop the whole list."""
-    human = isinstance(exc, (LMStudioError, ValueError))
+    """Apply the error policy: stop the whole list, or go on with the error text as the answer of a single run and
+    an empty answer for a list item (which must not become the caption a dataset saves)."""
+    human = isinstance(exc, LMStudioError)  # the pack's own explanations; anything else is a bug to report
     message = str(exc) if human else f"{type(exc).__name__}: {exc}"
     if debug_mode or not human:
         log.exception("LM Studio Chat (node %s, item %d) failed", channel.node_id, channel.index)
@@ -426,7 +468,18 @@ def _failed(
     if options.on_error == ON_ERROR_RAISE:
         channel.run.abort_message = channel.run.abort_message or message
         raise RuntimeError(message) from exc
-    return _output(channel.index, f"Error: {message}", "".join(relay.reasoning), f"error | mode: {mode}", Stats(mode))
+    in_list = await _in_list(channel)
+    text = "" if in_list else f"Error: {message}"
+    return _output(channel.index, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}",
+                   error=message)
+
+
+async def _in_list(channel: ItemChannel) -> bool:
+    """Whether this item belongs to a list of several. ComfyUI starts a list's items one loop turn apart, so a first
+    item that fails at once (a bad server_url) waits a moment for its siblings to show themselves."""
+    if channel.run.count == 1 and channel.index == 0:
+        await asyncio.sleep(LIST_SETTLE_SECONDS)
+    return channel.run.count > 1
 
 
 async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> None:
@@ -446,10 +499,14 @@ async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> Non
         channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
-def _output(index: int, text: str, reasoning: str, summary: str, stats: Stats) -> io.NodeOutput:
+def _output(index: int, answer: Answer, summary: str, error: str = "") -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
     # ComfyUI concatenates the items' `ui` lists in list order.
-    ui = {"lmstudio": [{"index": index, "text": text, "reasoning": reasoning, "stats": summary}]}
+    entry = {"index": index, "text": answer.text, "reasoning": answer.reasoning, "stats": summary}
+    if error:
+        entry["error"] = error
+    ui = {"lmstudio": [entry]}
+    stats = answer.stats
     figures = (
         float(stats.tokens_per_second or 0.0),
         float(stats.time_to_first_token or 0.0),
@@ -457,7 +514,7 @@ def _output(index: int, text: str, reasoning: str, summary: str, stats: Stats) -
         int(stats.output_tokens or 0),
         int(stats.reasoning_tokens or 0),
     )
-    return io.NodeOutput(text, reasoning, summary, *figures, ui=ui)
+    return io.NodeOutput(answer.text, answer.reasoning, summary, *figures, ui=ui)
 
 
 @PromptServer.instance.routes.get("/lmstudio/models")

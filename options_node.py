@@ -34,6 +34,7 @@ class ChatOptions:
     idle_ttl_minutes: int = 10
     free_comfy_vram: bool = False
     max_parallel: int = 0  # 0: as many as the server's `parallel` slots
+    resume: bool = True
 
 
 class LMStudioChatOptions(io.ComfyNode):
@@ -117,6 +118,14 @@ class LMStudioChatOptions(io.ComfyNode):
                     "node, shown as queued). 0: the loaded model's `parallel` slots as LM Studio reports them "
                     "(llama.cpp: its slots); where the server does not say (a model not loaded yet, another "
                     f"OpenAI-compatible server) {DEFAULT_PARALLEL}.",
+                ),
+                io.Boolean.Input(
+                    "resume",
+                    default=True,
+                    tooltip="Keep every finished answer in ComfyUI's user folder and give it back at once when the "
+                    "same request comes again (server, model, mode, prompts, images, settings and seed all alike): "
+                    "a cancelled, failed or crashed list then generates only the items it had not finished. A new "
+                    "seed asks for a new answer. Off: every run generates everything.",
                 ),
             ],
             outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],

@@ -82,10 +82,7 @@ def _token_unsupported(request: ChatRequest) -> LMStudioError:
 
 def _endpoint(request: ChatRequest) -> tuple[str, str]:
     """(base URL, SDK host:port) of the request's server."""
-    try:
-        base = normalize_server_url(request.server_url)
-    except ValueError as exc:
-        raise LMStudioError(str(exc)) from None
+    base = normalize_server_url(request.server_url)
     if base.startswith("https://"):
         raise LMStudioError("The SDK mode speaks plain ws:// only: use REST API or OpenAI-compatible for https URLs.")
     return base, sdk_api_host(base)
@@ -152,6 +149,9 @@ class _Run:
 
     async def _attempts(self) -> None:
         for attempt in range(2):
+            # Each attempt explains its own failures: the fresh client that replaces a dead kept one may be refused,
+            # or asked for a token, as a first connection would be.
+            self.connected = False
             kept, client = await RUNTIME.client(self.key, lambda: _opened_client(self.base, self.host, self.request))
             self.connected = True
             try:
@@ -250,34 +250,41 @@ class _Run:
         )))
 
     def _explain(self, exc: BaseException) -> BaseException:
-        """The human message for an SDK failure."""
-        request, base, host = self.request, self.base, self.host
-        if isinstance(exc, LMStudioError):
-            return exc
-        if isinstance(exc, lms.LMStudioWebsocketError):
-            if self.connected:
-                return stream_dropped(self.received)
-            return connection_failed(base, f"the SDK websocket ws://{host} was refused")
-        if isinstance(exc, lms.LMStudioChannelClosedError):
-            return stream_dropped(self.received)
-        if isinstance(exc, lms.LMStudioClientError):
-            message = str(exc)
-            if "not reachable" in message:
-                return connection_failed(base, f"SDK probe http://{host}/lmstudio-greeting")
-            if "No models are currently loaded" in message:
-                return no_model_loaded()
-            return LMStudioError(f"LM Studio SDK error: {_detail(exc)}")
-        if isinstance(exc, lms.LMStudioServerError):
-            if "Authentication failed" in str(exc):
-                return auth_required("it rejected the token sent." if request.api_token else "none was sent.")
-            # An error inside the prediction (an engine crash, say) is worth one more try; others are not.
-            return LMStudioError(f"LM Studio reported an error: {_detail(exc)}", transient=self.started)
-        if isinstance(exc, lms.LMStudioValueError):
-            return LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}")
-        if isinstance(exc, ValueError) and not self.connected:
-            # lmstudio 1.5 crashes this way when the server rejects the websocket authentication.
-            return _token_unsupported(request)
+        return _explain(exc, self.request, self.base, self.host, connected=self.connected, started=self.started,
+                        received=self.received)
+
+
+def _explain(
+    exc: BaseException, request: ChatRequest, base: str, host: str, *, connected: bool, started: bool = False,
+    received: int = 0,
+) -> BaseException:
+    """The human message for an SDK failure; anything unforeseen stays itself (the node shows its type)."""
+    if isinstance(exc, LMStudioError):
         return exc
+    if isinstance(exc, lms.LMStudioWebsocketError):
+        if connected:
+            return stream_dropped(received)
+        return connection_failed(base, f"the SDK websocket ws://{host} was refused")
+    if isinstance(exc, lms.LMStudioChannelClosedError):
+        return stream_dropped(received)
+    if isinstance(exc, lms.LMStudioClientError):
+        message = str(exc)
+        if "not reachable" in message:
+            return connection_failed(base, f"SDK probe http://{host}/lmstudio-greeting")
+        if "No models are currently loaded" in message:
+            return no_model_loaded()
+        return LMStudioError(f"LM Studio SDK error: {_detail(exc)}")
+    if isinstance(exc, lms.LMStudioServerError):
+        if "Authentication failed" in str(exc):
+            return auth_required("it rejected the token sent." if request.api_token else "none was sent.")
+        # An error inside the prediction (an engine crash, say) is worth one more try; others are not.
+        return LMStudioError(f"LM Studio reported an error: {_detail(exc)}", transient=started)
+    if isinstance(exc, lms.LMStudioValueError):
+        return LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}")
+    if isinstance(exc, ValueError) and not connected:
+        # lmstudio 1.5 crashes this way when the server rejects the websocket authentication.
+        return _token_unsupported(request)
+    return exc
 
 
 async def _model_listing(client: Any) -> str:
@@ -324,26 +331,40 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
                 await asyncio.wait_for(asyncio.wrap_future(job), CANCEL_DRAIN_SECONDS + 0.2)
 
 
+async def _unload_on(client: Any, identifier: str, confirm_seconds: float, poll_seconds: float) -> bool:
+    await client.llm.unload(identifier)
+    deadline = asyncio.get_running_loop().time() + confirm_seconds
+    while identifier in [m.identifier for m in await client.llm.list_loaded()]:
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(poll_seconds)
+    return True
+
+
 async def _unload(request: ChatRequest, identifier: str, confirm_seconds: float, poll_seconds: float) -> bool:
     base, host = _endpoint(request)
     key: ClientKey = (host, request.api_token)
-    kept: KeptClient | None = None
-    try:
-        kept, client = await RUNTIME.client(key, lambda: _opened_client(base, host, request))
-        await client.llm.unload(identifier)
-        deadline = asyncio.get_running_loop().time() + confirm_seconds
-        while identifier in [m.identifier for m in await client.llm.list_loaded()]:
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(poll_seconds)
-        return True
-    except lms.LMStudioModelNotFoundError:
-        return True  # already gone
-    except lms.LMStudioError as exc:
-        raise LMStudioError(f"LM Studio could not unload '{identifier}': {_detail(exc)}") from exc
-    finally:
-        if kept is not None:
-            RUNTIME.release(kept)
+    for attempt in range(2):  # an unload may be sent again: a dead kept client gets one fresh replacement
+        kept: KeptClient | None = None
+        try:
+            kept, client = await RUNTIME.client(key, lambda: _opened_client(base, host, request))
+            return await _unload_on(client, identifier, confirm_seconds, poll_seconds)
+        except lms.LMStudioModelNotFoundError:
+            return True  # already gone
+        except (lms.LMStudioWebsocketError, lms.LMStudioChannelClosedError) as exc:
+            if kept is None or attempt == 1:
+                raise _explain(exc, request, base, host, connected=kept is not None) from exc
+            await RUNTIME.discard(key, kept)
+        except (lms.LMStudioServerError, lms.LMStudioValueError) as exc:
+            if "Authentication failed" in str(exc):
+                raise _explain(exc, request, base, host, connected=kept is not None) from exc
+            raise LMStudioError(f"LM Studio could not unload '{identifier}': {_detail(exc)}") from exc
+        except (lms.LMStudioError, ValueError) as exc:  # the connection itself: refused, gone, a token wanted
+            raise _explain(exc, request, base, host, connected=kept is not None) from exc
+        finally:
+            if kept is not None:
+                RUNTIME.release(kept)
+    raise AssertionError("unreachable: the second attempt returns or raises")
 
 
 async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:

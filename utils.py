@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from PIL import Image
 
+from .chat import LMStudioError
+
 DEFAULT_PORT = 1234
 DEFAULT_MAX_SIDE = 1024
 DEFAULT_JPEG_QUALITY = 90
@@ -34,7 +36,7 @@ def normalize_server_url(url: str) -> str:
             text = f"http://{parts.hostname}:{DEFAULT_PORT}{parts.path}"
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"Not a server URL: {url!r}. Expected something like http://127.0.0.1:{DEFAULT_PORT}")
+        raise LMStudioError(f"Not a server URL: {url!r}. Expected something like http://127.0.0.1:{DEFAULT_PORT}")
     path = _API_SUFFIX.sub("", parts.path)
     return f"{parts.scheme}://{parts.netloc}{path}"
 
@@ -68,12 +70,12 @@ def _to_uint8_hwc(image) -> np.ndarray:
 def _check_batch(images) -> None:
     shape = tuple(getattr(images, "shape", ()))
     if len(shape) != 4 or shape[-1] not in (1, 3, 4) or 0 in shape:
-        raise ValueError(
+        raise LMStudioError(
             f"Expected a ComfyUI IMAGE tensor [batch, height, width, channels] with 1, 3 or 4 channels, "
             f"got shape {list(shape)}"
         )
     if not getattr(images, "dtype", None) or not images.dtype.is_floating_point:
-        raise ValueError(f"Expected a float IMAGE tensor with values in [0, 1], got dtype {images.dtype}")
+        raise LMStudioError(f"Expected a float IMAGE tensor with values in [0, 1], got dtype {images.dtype}")
 
 
 def encode_jpeg(image, *, max_side: int = DEFAULT_MAX_SIDE, quality: int = DEFAULT_JPEG_QUALITY) -> bytes:

@@ -92,3 +92,11 @@ def events(index: int | None = None, *, states: bool = False) -> list[tuple[str,
 
 def joined(chunk_type: str, index: int | None = None) -> str:
     return "".join(content for kind, content in events(index) if kind == chunk_type)
+
+
+async def next_prompt(coroutine):
+    """Run `coroutine` as the next queued prompt: ComfyUI runs each prompt in a fresh event loop (on its worker
+    thread), so nothing a prompt latched on its loop, such as a Cancel, reaches the next one."""
+    import asyncio
+
+    return await asyncio.to_thread(asyncio.run, coroutine)

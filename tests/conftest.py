@@ -47,6 +47,16 @@ if PACKAGE not in sys.modules:
     spec.loader.exec_module(module)
 
 
+@pytest.fixture(autouse=True)
+def user_folder(tmp_path, monkeypatch) -> Path:
+    """ComfyUI's user folder, fresh for each test: the answers a test stores never resume another test's run."""
+    import folder_paths
+
+    folder = tmp_path / "comfy-user"
+    monkeypatch.setattr(folder_paths, "get_user_directory", lambda: str(folder))
+    return folder
+
+
 @pytest.fixture
 def fake():
     from fake_lmstudio import FakeLMStudio

@@ -130,6 +130,7 @@ class FakeLMStudio:
     echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
     delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
     requests: list[Recorded] = field(default_factory=list)
+    predictions: list[str] = field(default_factory=list)  # the prompt of every prediction asked for, every dialect
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
     # SDK (websocket) side
     sdk: FakeSDK = field(default_factory=lambda: FakeSDK())
@@ -227,7 +228,8 @@ class FakeLMStudio:
                 self.in_flight -= 1
 
     def scripted_failure(self, prompt: str) -> bool:
-        """Whether this request for `prompt` is one that `fail_prompts` says must fail (counting it down)."""
+        """Record a prediction for `prompt`; whether it is one that `fail_prompts` says must fail (counting it down)."""
+        self.predictions.append(prompt)
         if self.fail_prompts.get(prompt, 0) > 0:
             self.fail_prompts[prompt] -= 1
             return True

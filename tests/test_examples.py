@@ -56,6 +56,11 @@ def test_list_examples_caption_every_image():
     chains = {(types[src], types[dst], link_type) for _, src, _, dst, _, link_type in dataset["links"]}
     assert ("LoadImageDataSetFromFolder", "LMStudioStreamChat", "IMAGE") in chains
     assert ("LMStudioStreamChat", "SaveImageTextDataSetToFolder", "STRING") in chains
+    # A failed caption stops the run rather than reach the folder; queued again, the finished ones come back at once.
+    assert ("LMStudioChatOptions", "LMStudioStreamChat", "LMSTUDIO_CHAT_OPTIONS") in chains
+    options = next(n for n in dataset["nodes"] if n["type"] == "LMStudioChatOptions")["widgets_values"]
+    names = [i.id for i in LMStudioChatOptions.GET_SCHEMA().inputs]
+    assert options[names.index("on_error")] == "raise" and options[names.index("resume")] is True
     batch = json.loads((EXAMPLES[4]).read_text())
     by_type = {n["type"]: n for n in batch["nodes"]}
     assert by_type["EmptyLatentImage"]["widgets_values"][2] == 4 and by_type["RebatchImages"]["widgets_values"] == [1]

@@ -1,7 +1,7 @@
 """The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
 
     node.py / options_node.py / cli.py -> client.py -> rest_backend / openai_backend / sdk_backend
-      -> http_common, sdk_runtime, sse -> chat, utils
+      -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run -> chat
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 # Each module may import only modules of a lower layer.
 LAYERS = {
-    "chat": 0, "utils": 0, "sse": 0, "slots": 0, "list_run": 0,
-    "http_common": 1, "sdk_runtime": 1, "relay": 1,
-    "rest_backend": 2, "openai_backend": 2, "sdk_backend": 2,
-    "client": 3,
-    "options_node": 4,
-    "node": 5, "cli": 5,
-    "__init__": 6,
+    "chat": 0,
+    "utils": 1, "sse": 1, "slots": 1, "list_run": 1,
+    "http_common": 2, "sdk_runtime": 2, "relay": 2, "answer_store": 2,
+    "rest_backend": 3, "openai_backend": 3, "sdk_backend": 3,
+    "client": 4,
+    "options_node": 5,
+    "node": 6, "cli": 6,
+    "__init__": 7,
 }
 COMFY = ("comfy", "comfy_api", "comfy_execution", "server", "nodes", "execution", "folder_paths")
 

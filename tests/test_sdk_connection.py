@@ -94,6 +94,64 @@ async def test_lm_studio_really_down_gives_the_usual_message(aiohttp_server):
         await RUNTIME.aclose()
 
 
+TOKEN = "sk-lm-abcdefgh:abcdefghijklmnopqrst"
+
+
+async def restarted_with(aiohttp_server, **settings) -> tuple[FakeLMStudio, str]:
+    """A first run keeps a client; then LM Studio restarts on the same port with `settings` changed."""
+    first, server = await start_fake(aiohttp_server)
+    await answer(request_for(first.url))
+    port = server.port
+    await server.close()
+    second, _ = await start_fake(aiohttp_server, port)
+    for name, value in settings.items():
+        setattr(second.sdk, name, value)
+    return second, first.url
+
+
+@pytest.mark.parametrize("token", [None, "sk-lm-zzzzzzzz:abcdefghijklmnopqrst"], ids=["none sent", "wrong token"])
+async def test_restarted_with_auth_on_explains_like_a_fresh_connection(aiohttp_server, token):
+    """The kept client is dead, the fresh one is asked for a token: the message is a fresh connection's."""
+    if token and not sdk_backend._SDK_ACCEPTS_TOKEN:
+        pytest.skip("this lmstudio SDK cannot send API tokens")
+    try:
+        fake, url = await restarted_with(aiohttp_server, required_token=TOKEN)
+        with pytest.raises(LMStudioError) as replaced:
+            await answer(request_for(url, api_token=token))
+        await RUNTIME.aclose()
+        with pytest.raises(LMStudioError) as fresh:
+            await answer(request_for(url, api_token=token))
+        assert str(replaced.value) == str(fresh.value)
+        assert "requires an API token" in str(replaced.value)
+        if token:
+            assert "rejected the token" in str(replaced.value)
+        assert not fake.sdk.sent("channelCreate", "predict")
+    finally:
+        await RUNTIME.aclose()
+
+
+async def test_restarted_refusing_websockets_explains_like_a_fresh_connection(aiohttp_server):
+    try:
+        fake, url = await restarted_with(aiohttp_server, refuse_websocket=True)
+        with pytest.raises(LMStudioError, match=r"^LM Studio connection failed\..*websocket .* was refused"):
+            await answer(request_for(url))
+        with pytest.raises(LMStudioError, match="was refused"):  # and again, on no kept client at all
+            await answer(request_for(url))
+    finally:
+        await RUNTIME.aclose()
+
+
+async def test_unload_on_a_server_restarted_with_auth_on_is_explained(aiohttp_server):
+    from lmstudio_pack.client import unload_model
+
+    try:
+        _, url = await restarted_with(aiohttp_server, required_token=TOKEN)
+        with pytest.raises(LMStudioError, match="requires an API token"):
+            await unload_model(request_for(url), MODEL, confirm_seconds=1)
+    finally:
+        await RUNTIME.aclose()
+
+
 async def test_killed_mid_stream_then_back(aiohttp_server):
     fake, _ = await start_fake(aiohttp_server)
     try:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from lmstudio_pack.chat import LMStudioError
 from lmstudio_pack.utils import (
     MAX_BATCH_IMAGES,
     encode_images,
@@ -92,12 +93,12 @@ def test_cuda_tensor():
 
 @pytest.mark.parametrize("shape", [(8, 8, 3), (1, 8, 8, 2), (1, 8, 8, 5), (1, 3, 8, 8, 3), (0, 8, 8, 3), (1, 0, 8, 3)])
 def test_bad_shapes_get_a_clear_error(shape):
-    with pytest.raises(ValueError, match="IMAGE tensor"):
+    with pytest.raises(LMStudioError, match="IMAGE tensor"):
         encode_images(torch.zeros(shape))
 
 
 def test_integer_tensor_is_rejected():
-    with pytest.raises(ValueError, match="float IMAGE"):
+    with pytest.raises(LMStudioError, match="float IMAGE"):
         encode_images(torch.zeros((1, 8, 8, 3), dtype=torch.uint8))
 
 
@@ -164,7 +165,7 @@ def test_server_url_is_forgiving(typed, expected):
 
 @pytest.mark.parametrize("typed", ["ftp://host:1234", "http://", "ws://host:1234"])
 def test_server_url_rejects_nonsense(typed):
-    with pytest.raises(ValueError, match="server URL"):
+    with pytest.raises(LMStudioError, match="server URL"):
         normalize_server_url(typed)
 
 

@@ -279,3 +279,33 @@ test("today's workflows and other nodes are left alone", () => {
   assert.deepEqual(today, before);
   assert.equal(migrateWorkflow(null), 0);
 });
+
+test("a failed list item's error comes apart from its empty answer", () => {
+  const state = stateFromExecuted({
+    lmstudio: [
+      { index: 0, text: "A cat.", reasoning: "", stats: "mode: SDK" },
+      { index: 1, text: "", reasoning: "", stats: "error | mode: SDK", error: "LM Studio connection failed." },
+    ],
+  });
+  assert.equal(state.items.get(1).error, "LM Studio connection failed.");
+  assert.equal(state.items.get(1).state, "failed");
+  assert.equal(state.items.get(1).text, "");
+  assert.deepEqual(answerList(state).map((a) => a.failed), [false, true]);
+});
+
+test("an item back from the last run may finish before a later item starts: the run goes on", () => {
+  const state = createState();
+  applyUpdate(state, "clear", "", 0, 1);
+  applyUpdate(state, "text", "kept caption", 0, 1);
+  applyUpdate(state, "item", "done", 0, 1);
+  applyUpdate(state, "notice", "1 of 1 answers came back finished from the last run", 0, 1);
+  applyUpdate(state, "done", "", 0, 1);
+  applyUpdate(state, "clear", "", 1, 2); // item 1 starts after item 0 finished
+  assert.equal(state.items.get(0).text, "kept caption");
+  assert.match(state.notice, /from the last run/);
+  assert.equal(state.count, 2);
+  // The next run's later item, seen without its item 0 (a page opened mid-list), does start afresh.
+  applyUpdate(state, "done", "", 1, 2);
+  applyUpdate(state, "clear", "", 1, 2);
+  assert.equal(state.items.has(0), false);
+});

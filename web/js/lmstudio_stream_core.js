@@ -29,8 +29,10 @@ export function applyUpdate(state, chunkType, content, index = 0, count = 1) {
   if (!CHUNK_TYPES.has(chunkType)) return false;
   const value = typeof content === "string" ? content : String(content ?? "");
   const at = Number.isInteger(index) && index >= 0 ? index : 0;
-  if (chunkType === "clear" && (at === 0 || !state.running)) {
-    Object.assign(state, createState(), { running: true }); // item 0 starts first: a new run
+  // Item 0 starts first: a new run. An item that comes back at once from the last run may be done before a later
+  // item starts, so a later item's clear starts a new run only when the old run had finished that very item.
+  if (chunkType === "clear" && (at === 0 || (!state.running && state.items.get(at)?.done))) {
+    Object.assign(state, createState(), { running: true });
   }
   state.count = Math.max(state.count, Number.isInteger(count) ? count : 1, at + 1);
   let item = state.items.get(at);
@@ -133,7 +135,10 @@ export function stateFromExecuted(output) {
     item.reasoning = String(entry.reasoning ?? "");
     item.stats = String(entry.stats ?? "");
     item.done = true;
-    if (item.stats.startsWith("error") && text.startsWith("Error: ")) {
+    if (typeof entry.error === "string" && entry.error) {
+      item.error = entry.error; // a failed list item answers "" (never a caption), its error comes apart
+      item.state = "failed";
+    } else if (item.stats.startsWith("error") && text.startsWith("Error: ")) { // a single run, or an older server
       item.error = text.slice("Error: ".length);
       item.state = "failed";
     } else {
