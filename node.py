@@ -446,7 +446,7 @@ def _resumed(answer: Answer, channel: ItemChannel) -> io.NodeOutput:
     if run.count > 1:
         notice = f"{run.resumed} of {run.count} answers came back finished from the last run; the rest are generated."
     else:
-        notice = "This answer came back from an earlier run of the same request and seed; change the seed for a new one."
+        notice = "This answer came back from an earlier run of the same request and seed; a new seed asks anew."
     channel.send("notice", f"{notice} (resume in LM Studio Chat Options)")
     _finish(channel, DONE)
     return _output(channel.index, answer, summary)

@@ -162,7 +162,7 @@ async def test_a_cancelled_list_generates_only_what_it_had_not_finished(lmstudio
     lmstudio.predictions.clear()
     Recorder.current.messages.clear()
 
-    outputs, ui, _ = await next_prompt(run_list(lmstudio.url, mode, count=12, max_parallel=12))
+    outputs, _, _ = await next_prompt(run_list(lmstudio.url, mode, count=12, max_parallel=12))
     assert outputs[0] == [f"Answer to Describe {i}" for i in range(12)]  # in order, every one
     assert sorted(lmstudio.predictions) == sorted(f"Describe {i}" for i in range(12) if i not in finished)
     notices = [c for k, c in events() if k == "notice"]
@@ -238,7 +238,7 @@ async def test_a_single_run_comes_back_too_and_says_so(lmstudio, comfy):
     again = await run(lmstudio.url, "REST API", seed=5)
     assert again.result == first.result and not lmstudio.predictions
     (notice,) = [c for k, c in events() if k == "notice"]
-    assert "earlier run of the same request and seed" in notice and "change the seed" in notice
+    assert "earlier run of the same request and seed" in notice and "a new seed" in notice
 
 
 async def test_a_failed_item_is_not_kept(lmstudio, comfy):

@@ -132,7 +132,7 @@ async def test_restarted_with_auth_on_explains_like_a_fresh_connection(aiohttp_s
 
 async def test_restarted_refusing_websockets_explains_like_a_fresh_connection(aiohttp_server):
     try:
-        fake, url = await restarted_with(aiohttp_server, refuse_websocket=True)
+        _, url = await restarted_with(aiohttp_server, refuse_websocket=True)
         with pytest.raises(LMStudioError, match=r"^LM Studio connection failed\..*websocket .* was refused"):
             await answer(request_for(url))
         with pytest.raises(LMStudioError, match="was refused"):  # and again, on no kept client at all
