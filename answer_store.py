@@ -83,6 +83,7 @@ class AnswerStore:
     def __init__(self, folder: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> None:
         self.path = Path(folder) / FILE_NAME
         self.max_bytes = max_bytes
+        self._created = False  # the file's journal mode and table, set up once (again after a reset)
         # One thread, first in first out: a list's lookups come back in list order, so its items still take
         # LM Studio's slots in that order (and the event loop never waits for the disk).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstudio-answers")
@@ -127,6 +128,7 @@ class AnswerStore:
 
     def clear(self) -> None:
         """Forget every answer (the file goes; the next answer starts a new one)."""
+        self._created = False
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
@@ -136,10 +138,12 @@ class AnswerStore:
         db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
         try:
             # WAL with NORMAL sync survives a killed process (a power cut may cost the newest answers only) and
-            # lets one item read while another writes.
-            db.execute("PRAGMA journal_mode=WAL")
+            # lets one item read while another writes. WAL stays with the file; `synchronous` is per connection.
             db.execute("PRAGMA synchronous=NORMAL")
-            db.execute(_SCHEMA)
+            if not self._created:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(_SCHEMA)
+                self._created = True
         except BaseException:
             db.close()
             raise
@@ -159,6 +163,7 @@ class AnswerStore:
 
     def _unusable(self, exc: BaseException) -> None:
         """A file that is not a database any more is set aside; a locked or read-only one is left alone."""
+        self._created = False  # the next call sets the file up again (it may have been deleted meanwhile)
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
             aside = self.path.with_name(f"{FILE_NAME}.broken")
             log.warning("LM Studio Chat: the answers file %s is unreadable (%s); a new one starts (the old one is "
