@@ -129,19 +129,41 @@ def real_comfyui_servers():
     def get(version: str, frontend: str | None = None) -> real_comfyui.ComfyServer:
         key = (version, frontend)
         if key not in servers:
-            root = real_comfyui.frontend_root(frontend) if frontend else None
-            missing = f"frontend {frontend} is not unpacked (.ci/run fetches it)" if frontend and not root else ""
-            try:
-                server = None if missing else real_comfyui.ComfyServer(version, frontend=root)
-            except LookupError as exc:
-                missing = str(exc)
-            if missing or server is None:
-                if os.environ.get("CI"):
-                    raise RuntimeError(f"CI must prepare the real-ComfyUI tier (.ci/run does): {missing}")
-                pytest.skip(missing)
-            servers[key] = server.start()
+            servers[key] = unstarted_server(version, frontend).start()
         return servers[key]
 
     yield get
     for server in servers.values():
         server.stop()
+
+
+@pytest.fixture
+def own_comfyui_server():
+    """`get(version)`: a real ComfyUI server of this test's own, for one that kills or restarts it; stopped after."""
+    made = []
+
+    def get(version: str):
+        made.append(unstarted_server(version, None))
+        return made[-1].start()
+
+    yield get
+    for server in made:
+        server.stop()
+
+
+def unstarted_server(version: str, frontend: str | None):
+    """A real ComfyUI server not started yet; without a cached build (or frontend): a skip, or in CI a failure."""
+    import real_comfyui
+
+    root = real_comfyui.frontend_root(frontend) if frontend else None
+    missing = f"frontend {frontend} is not unpacked (.ci/run fetches it)" if frontend and not root else ""
+    server = None
+    try:
+        server = None if missing else real_comfyui.ComfyServer(version, frontend=root)
+    except LookupError as exc:
+        missing = str(exc)
+    if missing or server is None:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"CI must prepare the real-ComfyUI tier (.ci/run does): {missing}")
+        pytest.skip(missing)
+    return server

@@ -115,14 +115,16 @@ class ComfyServer:
     def start(self) -> ComfyServer:
         for folder in ("custom_nodes", "input", "output", "user/default"):
             (self.base / folder).mkdir(parents=True, exist_ok=True)
-        (self.base / "custom_nodes" / PACK).symlink_to(ROOT, target_is_directory=True)
+        link = self.base / "custom_nodes" / PACK
+        if not link.is_symlink():  # a restart after `kill` finds it there
+            link.symlink_to(ROOT, target_is_directory=True)
         (self.base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(SETTINGS))
         command = [str(self.python), str(self.tree / "main.py"), "--cpu", "--listen", "127.0.0.1", "--port",
                    str(self.port), "--disable-auto-launch", "--base-directory", str(self.base)]
         if self.frontend is not None:
             command += ["--front-end-root", str(self.frontend)]
         env = {k: v for k, v in os.environ.items() if k not in ("COMFYUI_PATH", "PYTHONPATH")}
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("ab") as log:
             self._process = subprocess.Popen(command, cwd=self.tree, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + START_SECONDS
         while time.monotonic() < deadline:
@@ -147,6 +149,12 @@ class ComfyServer:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a power cut ends it: nothing runs on the way out; the base directory stays."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
 
     def stop(self) -> None:
         if self._process is not None and self._process.poll() is None:

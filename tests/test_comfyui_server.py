@@ -4,17 +4,22 @@ against the LM Studio stand-in: what the stand-in of ComfyUI's executor and serv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
 
+import aiohttp
 import pytest
 from PIL import Image
 
 import real_comfyui
 from fake_lmstudio import MODEL, openai_script, rest_script
+from lmstudio_pack.answer_store import FILE_NAME
+from lmstudio_pack.node import ANSWERS_FOLDER
 from lmstudio_pack.options_node import ChatOptions
 
 MODES = ("SDK", "REST API", "OpenAI-compatible")
@@ -170,3 +175,70 @@ async def test_example_workflows_need_nothing_the_server_lacks(comfyui, path):
             assert entry["name"] in known, (node["type"], entry["name"])
         outputs = info[node["type"]]["output"]
         assert [o["type"] for o in node.get("outputs", [])] == outputs[: len(node.get("outputs", []))], node["type"]
+
+
+def finished_items(run: real_comfyui.Run) -> set[int]:
+    return {u["index"] for u in run.stream("item") if u["content"] == "done"}
+
+
+def resume_notices(run: real_comfyui.Run) -> list[str]:
+    return [u["content"] for u in run.stream("notice") if "came back finished" in u["content"]]
+
+
+async def test_a_cancelled_list_queued_again_generates_only_the_rest(comfyui, lmstudio):
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.1
+    folder = dataset(comfyui, 8)
+    prompt = dataset_prompt(comfyui, lmstudio.url, folder, "SDK", seed=8080, options=["4", 0])
+    prompt["4"] = options_node(max_parallel=2)
+
+    async def cancel_after_three(run, message):
+        if message["type"] == "lmstudio.stream.update" and len(finished_items(run)) == 3:
+            await comfyui.post("/interrupt")
+
+    first = await comfyui.run(prompt, on_message=cancel_after_three, timeout=120)
+    assert first.outcome == "execution_interrupted", (first.error, comfyui.log()[-2000:])
+    finished = finished_items(first)
+    assert 3 <= len(finished) < 8
+    lmstudio.predictions.clear()
+    lmstudio.event_delay = 0.0
+
+    again = await comfyui.run(prompt, timeout=120)
+    assert again.outcome == "execution_success", (again.error, comfyui.log()[-2000:])
+    assert len(lmstudio.predictions) == 8 - len(finished)
+    captions = sorted((comfyui.output_dir / f"{folder}_captioned").glob("*.txt"))
+    assert [path.read_text() for path in captions] == ["Answer to Caption"] * 8
+    assert resume_notices(again)[-1].startswith(f"{len(finished)} of 8 answers came back finished")
+
+
+@pytest.mark.parametrize("version", real_comfyui.VERSIONS)
+async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server, lmstudio, version):
+    """kill -9 while a 12-image list runs; ComfyUI started again on the same folders and the list queued again:
+    only the items with no finished answer go to LM Studio."""
+    server = own_comfyui_server(version)
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.1
+    folder = dataset(server, 12)
+    prompt = dataset_prompt(server, lmstudio.url, folder, "REST API", seed=1212)
+
+    async def kill_after_five(run, message):
+        if message["type"] == "lmstudio.stream.update" and len(finished_items(run)) == 5:
+            server.kill()
+
+    with pytest.raises((RuntimeError, aiohttp.ClientError)):  # the websocket dies with the process
+        await server.run(prompt, on_message=kill_after_five, timeout=120)
+    answers = server.base / "user" / ANSWERS_FOLDER / FILE_NAME
+    with contextlib.closing(sqlite3.connect(answers)) as db:
+        kept = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+    # An item's answer is written before its "done" goes out, so all five are there; the list was far from done.
+    assert 5 <= kept < 12
+    lmstudio.predictions.clear()
+    lmstudio.event_delay = 0.0
+
+    server.start()
+    again = await server.run(prompt, timeout=120)
+    assert again.outcome == "execution_success", (again.error, server.log()[-2000:])
+    assert len(lmstudio.predictions) == 12 - kept
+    captions = sorted((server.output_dir / f"{folder}_captioned").glob("*.txt"))
+    assert [path.read_text() for path in captions] == ["Answer to Caption"] * 12
+    assert resume_notices(again)[-1].startswith(f"{kept} of 12 answers came back finished")
