@@ -24,6 +24,7 @@ class ListRun:
     abort_message: str | None = None  # set by an item whose error policy stops the whole run
     resumed: int = 0  # items whose answer came back from the answers file
     vram_freed: bool = False  # ComfyUI's VRAM is handed over once per list, not once per item
+    notices: dict[str, str] = field(default_factory=dict)  # kind -> sentence; the node shows them all, one per line
     # Items started so far (every item of a list is started within the same few loop turns); kept, not derived,
     # because every message to the browser carries it.
     count: int = 0
@@ -42,6 +43,12 @@ class ListRun:
         """Record one item's progress; the list's progress, 0 to 1 (each finished item counts 1/count)."""
         self.fractions[index] = min(max(fraction, 0.0), 1.0)
         return sum(self.fractions.values()) / max(self.count, 1)
+
+    def note(self, kind: str, text: str) -> tuple[str, bool]:
+        """Record the run's notice of `kind`; (every notice, one per line; whether this one is new)."""
+        new = self.notices.get(kind) != text
+        self.notices[kind] = text
+        return "\n".join(self.notices.values()), new
 
     def active(self, besides: int | None = None) -> bool:
         """Whether any item (other than `besides`) is still queued or running."""

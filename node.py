@@ -93,6 +93,13 @@ class ItemChannel:
             prompt_state().interrupted = True  # ComfyUI's hook consumed the flag: keep it for the other items
             raise
 
+    def notice(self, kind: str, text: str, *, warn: bool = True) -> None:
+        """A notice for the whole run (one per kind; every item's alike is logged once), shown above the answer."""
+        shown, new = self.run.note(kind, text)
+        if new:
+            log.log(logging.WARNING if warn else logging.INFO, "LM Studio Chat (node %s): %s", self.node_id, text)
+        self.send("notice", shown)
+
     def state(self, state: str) -> None:
         self.run.set(self.index, state)
         self.send("item", state)
@@ -214,8 +221,7 @@ async def _encode(image, options: ChatOptions, channel: ItemChannel) -> tuple[by
     if image is None:
         return ()
     if notice := _batch_notice(image, options):
-        log.warning("LM Studio Chat (node %s): %s", channel.node_id, notice)
-        channel.send("notice", notice)
+        channel.notice("images", notice)
     # JPEG encoding takes tens of milliseconds: keep it off the event loop.
     jpegs = await asyncio.to_thread(encode_images, image, all_images=options.send_all_images,
                                     max_side=options.max_image_side, quality=options.jpeg_quality)
@@ -397,7 +403,7 @@ class LMStudioStreamChat(io.ComfyNode):
         if options.after_run == UNLOAD and answer.stats.model and not channel.run.active(besides=channel.index):
             await _unload(request, answer.stats.model, channel)
         _finish(channel, DONE)
-        return _output(channel.index, answer, summary)
+        return _output(channel, answer, summary)
 
 
 def _image_linked(hidden) -> bool:
@@ -447,9 +453,9 @@ def _resumed(answer: Answer, channel: ItemChannel) -> io.NodeOutput:
         notice = f"{run.resumed} of {run.count} answers came back finished from the last run; the rest are generated."
     else:
         notice = "This answer came back from an earlier run of the same request and seed; a new seed asks anew."
-    channel.send("notice", f"{notice} (resume in LM Studio Chat Options)")
+    channel.notice("resume", f"{notice} (resume in LM Studio Chat Options)", warn=False)
     _finish(channel, DONE)
-    return _output(channel.index, answer, summary)
+    return _output(channel, answer, summary)
 
 
 async def _failed(
@@ -470,7 +476,7 @@ async def _failed(
         raise RuntimeError(message) from exc
     in_list = await _in_list(channel)
     text = "" if in_list else f"Error: {message}"
-    return _output(channel.index, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}",
+    return _output(channel, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}",
                    error=message)
 
 
@@ -499,12 +505,15 @@ async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> Non
         channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
-def _output(index: int, answer: Answer, summary: str, error: str = "") -> io.NodeOutput:
+def _output(channel: ItemChannel, answer: Answer, summary: str, error: str = "") -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
-    # ComfyUI concatenates the items' `ui` lists in list order.
-    entry = {"index": index, "text": answer.text, "reasoning": answer.reasoning, "stats": summary}
+    # ComfyUI concatenates the items' `ui` lists in list order. It replaces what the stream drew, so it carries the
+    # run's notices as they stood when this item finished.
+    entry = {"index": channel.index, "text": answer.text, "reasoning": answer.reasoning, "stats": summary}
     if error:
         entry["error"] = error
+    if channel.run.notices:
+        entry["notice"] = "\n".join(channel.run.notices.values())
     ui = {"lmstudio": [entry]}
     stats = answer.stats
     figures = (

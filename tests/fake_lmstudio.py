@@ -129,6 +129,7 @@ class FakeLMStudio:
     fail_prompts: dict[str, int] = field(default_factory=dict)  # prompt -> times to answer HTTP 500 first
     echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
     delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
+    held: int | None = None  # predictions beyond this many wait in silence until `held` is set back to None
     requests: list[Recorded] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)  # the prompt of every prediction asked for, every dialect
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -227,6 +228,12 @@ class FakeLMStudio:
             finally:
                 self.in_flight -= 1
 
+    async def hold(self) -> None:
+        """Past `held` predictions, wait (sending nothing) until the test lets them go."""
+        if self.held is not None and len(self.predictions) > self.held:
+            while self.held is not None:
+                await asyncio.sleep(0.02)
+
     def scripted_failure(self, prompt: str) -> bool:
         """Record a prediction for `prompt`; whether it is one that `fail_prompts` says must fail (counting it down)."""
         self.predictions.append(prompt)
@@ -243,6 +250,7 @@ class FakeLMStudio:
             return web.json_response({"error": {"message": "Engine protocol predict request returned 500: crash"}},
                                      status=500)
         try:
+            await self.hold()
             async with self.slot():
                 await asyncio.sleep(self.delay_for.get(prompt_of(self.requests[-1].body), 0.0))
                 return await self._frames(request, frames)

@@ -222,15 +222,14 @@ async def test_a_streamed_run_keeps_reasoning_and_answer_apart(ui, lmstudio):
     assert copied == {"label": "Copied", "clip": "".join(long_answer)}, copied
 
 
-async def test_a_list_run_shows_every_answer(ui, lmstudio):
-    lmstudio.echo = True
-    lmstudio.event_delay = 0.02
-    folder = ui.server.input_dir / f"list_{ui.label}"
+async def list_node(page: Chromium, fake, name: str, count: int) -> None:
+    """A chat node fed by core's Load Image Dataset from Folder, over a folder of `count` images."""
+    folder = page.server.input_dir / f"{name}_{page.label}"
     folder.mkdir(exist_ok=True)
-    for index in range(3):
+    for index in range(count):
         Image.new("RGB", (24, 24), (60 * index, 90, 120)).save(folder / f"img_{index}.png")
-    await chat_node(ui, lmstudio, pos=(420, 60))
-    await ui.evaluate(f"""(async () => {{
+    await chat_node(page, fake, pos=(420, 60))
+    await page.evaluate(f"""(async () => {{
         const loader = await T.add("LoadImageDataSetFromFolder", [60, 80]);
         const folder = T.widget(loader, "folder");
         folder.options.values = [...new Set([...(folder.options.values || []), {json.dumps(folder.name)}])];
@@ -238,6 +237,12 @@ async def test_a_list_run_shows_every_answer(ui, lmstudio):
         loader.connect(0, __node, __node.inputs.findIndex((i) => i.name === "image"));
         await T.frames(4);
     }})()""")
+
+
+async def test_a_list_run_shows_every_answer(ui, lmstudio):
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.02
+    await list_node(ui, lmstudio, "list", 3)
     await ui.evaluate("app.queuePrompt(0, 1)")
     shown = await ui.evaluate("""(async () => {
         await T.until(() => T.view(__node).querySelectorAll(".lms-entry").length === 3
@@ -251,6 +256,32 @@ async def test_a_list_run_shows_every_answer(ui, lmstudio):
     assert not overlaps(shown["parts"]), shown["parts"]
     assert shown["parts"]["answers"]["height"] >= 30 and shown["parts"]["answer"]["height"] >= 30, shown["parts"]
     await keep_picture(ui, "list")
+
+
+async def test_a_cancelled_list_queued_again_shows_the_resumed_answers_and_the_rest(ui, lmstudio):
+    """Resumed items finish at once, before later items start: the view must keep them, not start over."""
+    lmstudio.echo = True
+    lmstudio.event_delay = 0.02
+    await list_node(ui, lmstudio, "resume", 4)
+    await ui.evaluate("T.set(__node, 'control_after_generate', 'fixed')")  # the same seed: the same requests
+    lmstudio.held = 2  # two items answer, the other two wait in the server until Cancel
+    await ui.evaluate("app.queuePrompt(0, 1)")
+    await ui.evaluate("T.until(() => T.view(__node).querySelectorAll('.lms-entry').length === 2)")
+    await ui.server.post("/interrupt")
+    await ui.evaluate("T.until(() => T.text(__node, '.lms-list').includes('cancelled'))")
+    lmstudio.held = None
+    await ui.evaluate("app.queuePrompt(0, 1)")
+    shown = await ui.evaluate("""(async () => {
+        await T.until(() => T.view(__node).querySelectorAll(".lms-entry").length === 4
+                            && T.text(__node, ".lms-list").includes("4 done"));
+        await T.frames(2);
+        return {entries: [...T.view(__node).querySelectorAll(".lms-entry")].map((e) => e.textContent),
+                notice: T.text(__node, ".lms-notice"), parts: T.parts(__node)};
+    })()""")
+    assert shown["entries"] == [f"#{i}Answer to Describe the picture." for i in (1, 2, 3, 4)], shown
+    assert shown["notice"].startswith("2 of 4 answers came back finished from the last run"), shown
+    assert not overlaps(shown["parts"]), shown["parts"]
+    await keep_picture(ui, "resumed")
 
 
 async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lmstudio):

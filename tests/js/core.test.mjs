@@ -309,3 +309,15 @@ test("an item back from the last run may finish before a later item starts: the 
   applyUpdate(state, "clear", "", 1, 2);
   assert.equal(state.items.has(0), false);
 });
+
+test("the executed output keeps the run's notices: the last item's word stands", () => {
+  const state = stateFromExecuted({
+    lmstudio: [
+      { index: 0, text: "A", reasoning: "", stats: "s", notice: "1 of 3 answers came back finished" },
+      { index: 1, text: "B", reasoning: "", stats: "s", notice: "2 of 3 answers came back finished" },
+      { index: 2, text: "C", reasoning: "", stats: "s" },
+    ],
+  });
+  assert.equal(state.notice, "2 of 3 answers came back finished");
+  assert.equal(stateFromExecuted({ lmstudio: [{ text: "A", stats: "s" }] }).notice, "");
+});

@@ -149,6 +149,9 @@ export function stateFromExecuted(output) {
   });
   state.count = Math.max(entries.length, ...[...state.items.keys()].map((i) => i + 1));
   state.focus = Math.min(...state.items.keys());
+  // Each item carries the run's notices as they stood when it finished: the latest word is the one to show.
+  const notices = entries.map((entry) => entry.notice).filter((notice) => typeof notice === "string" && notice);
+  state.notice = notices.length ? notices[notices.length - 1] : "";
   return state;
 }
 
