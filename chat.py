@@ -42,6 +42,14 @@ class ChatRequest:
     reasoning: str = "auto"  # native REST `reasoning`: off | low | medium | high | on; auto sends nothing
     seed: int | None = None  # OpenAI-compatible `seed`; the other APIs have no per-request seed
     ttl_seconds: int | None = None  # idle TTL for a model this request makes LM Studio load (SDK, OpenAI)
+    # Sampling: None sends nothing, so LM Studio's per-model settings apply.
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repeat_penalty: float | None = None
+    stop: tuple[str, ...] = ()  # stop strings (SDK, OpenAI-compatible)
+    draft_model: str = ""  # speculative decoding's draft model key (SDK, OpenAI-compatible)
+    context_length: int | None = None  # for a model this request makes LM Studio load (SDK, REST)
     api_token: str | None = field(default=None, repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -60,8 +68,37 @@ class ChatRequest:
             "reasoning": self.reasoning,
             "seed": self.seed,
             "ttl_seconds": self.ttl_seconds,
+            **self.settings(),
             "api_token": "set" if self.api_token else "none",
         }
+
+    def settings(self) -> dict[str, Any]:
+        """The optional settings this request sets (sampling, stop strings, draft model, context), by name."""
+        values = {"top_p": self.top_p, "top_k": self.top_k, "min_p": self.min_p,
+                  "repeat_penalty": self.repeat_penalty, "stop": list(self.stop) or None,
+                  "draft_model": self.draft_model or None, "context_length": self.context_length}
+        return {name: value for name, value in values.items() if value is not None}
+
+
+# What each mode can carry besides the basics (LM Studio's docs and the SDK's `_kv_config.py`). A setting outside its
+# mode's set is never dropped silently: `unsent_settings` names it for the node's notice and the log.
+_CARRIED_BY: dict[str, tuple[str, set[ConnectionMode]]] = {
+    "stop": ("stop strings are", {ConnectionMode.SDK, ConnectionMode.OPENAI}),
+    "draft_model": ("draft_model (speculative decoding) is", {ConnectionMode.SDK, ConnectionMode.OPENAI}),
+    "context_length": ("context_length is", {ConnectionMode.SDK, ConnectionMode.REST}),
+    "reasoning": ("reasoning is", {ConnectionMode.REST}),
+}
+
+
+def unsent_settings(request: ChatRequest) -> list[str]:
+    """One sentence per setting the request's mode cannot send, saying which modes can."""
+    set_here = set(request.settings()) | ({"reasoning"} if request.reasoning != "auto" else set())
+    sentences = []
+    for name, (label, modes) in _CARRIED_BY.items():
+        if name in set_here and request.mode not in modes:
+            others = " or ".join(mode.value for mode in ConnectionMode if mode in modes)
+            sentences.append(f"{label} not supported by the {request.mode.value} mode, so not sent; use {others}.")
+    return sentences
 
 
 def api_token_from_env() -> str | None:
@@ -117,6 +154,8 @@ class Stats:
     output_tokens: int | None = None
     reasoning_tokens: int | None = None
     stop_reason: str | None = None
+    draft_tokens: int | None = None  # speculative decoding: tokens the draft model proposed...
+    accepted_draft_tokens: int | None = None  # ...and those the main model kept, where the server reports them
 
     def summary(self) -> str:
         """One line; a figure the mode could not know reads `n/a`, never an invented number."""
@@ -127,6 +166,9 @@ class Stats:
             f"input tokens: {_figure(self.input_tokens)}",
             f"output tokens: {_figure(self.output_tokens)}{reasoning}",
         ]
+        if self.accepted_draft_tokens is not None:
+            total = f" of {self.draft_tokens}" if self.draft_tokens is not None else ""
+            parts.append(f"draft accepted: {self.accepted_draft_tokens}{total}")
         if self.stop_reason:
             parts.append(f"stop: {self.stop_reason}")
         parts.append(f"mode: {self.mode}")
@@ -144,7 +186,15 @@ class Finished:
     stats: Stats
 
 
-StreamEvent = TextDelta | ReasoningDelta | Progress | Finished
+@dataclass(frozen=True)
+class Notice:
+    """Something the person should know about this answer that is not an error (a setting that did not apply)."""
+
+    kind: str  # one notice per kind: a later one replaces it
+    text: str
+
+
+StreamEvent = TextDelta | ReasoningDelta | Progress | Finished | Notice
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -231,6 +281,32 @@ def stream_dropped(received_chars: int, who: str = LMSTUDIO) -> LMStudioError:
     )
 
 
+_CONTEXT_OVERFLOW = ("context length", "context size", "context window", "exceed_context_size",
+                     "contextlengthreached", "greater than the context", "maximum context")
+
+
+def is_context_overflow(message: str) -> bool:
+    """A server's words for "the prompt does not fit the model's context" (LM Studio, llama.cpp, OpenAI)."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _CONTEXT_OVERFLOW)
+
+
+def context_overflow(detail: str, who: str = LMSTUDIO) -> LMStudioError:
+    return LMStudioError(
+        f"The prompt is too long for the model's context: {who} said \"{detail[:300]}\". Raise context_length in LM "
+        "Studio Chat Options (it applies when the node loads the model; unload the model first if it is loaded), or "
+        "load the model in LM Studio with a longer context; images count too: lower max_image_side or send fewer."
+    )
+
+
+def context_kept(model: str, length: int | None, wanted: int) -> str:
+    """The notice for a context_length that did not apply: the model runs with another length."""
+    runs = f"a context of {length} tokens" if length else "a context of its own"
+    return (f"{model} runs with {runs}, not context_length {wanted}: LM Studio applies context_length only when it "
+            "loads the model (a model loaded before keeps its own) and may shorten it to fit memory. Unload the model "
+            "in LM Studio, or set after_run = unload, and the next run loads it with yours.")
+
+
 def server_message(body: Any) -> tuple[str, str]:
     """(message, code) from error bodies: `{"error": {...}}`, `{"error": "..."}` or plain text."""
     error = body.get("error", body) if isinstance(body, dict) else body
@@ -269,6 +345,8 @@ def http_error(
         return model_not_found(model, message, who)
     if images and refuses_images(message):
         return not_vision_capable(model, who)
+    if status < 500 and is_context_overflow(f"{message} {code}"):
+        return context_overflow(message, who)
     if status == 404 and "/api/v1/" in url:
         return LMStudioError(
             f"{who} has no endpoint {url} (HTTP 404: {message[:200]}). The native REST API needs LM Studio 0.4.0 or "
@@ -291,4 +369,6 @@ def stream_error(error: Any, model: str, who: str = LMSTUDIO) -> LMStudioError:
         return model_not_found(model, message, who)
     if code == "invalid_api_key":
         return auth_required(message)
+    if is_context_overflow(f"{message} {code}"):
+        return context_overflow(message, who)
     return LMStudioError(f"{who} reported an error: {message}", transient=True)

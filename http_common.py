@@ -195,6 +195,23 @@ async def native_models(session: aiohttp.ClientSession, base: str, request: Chat
     return parse_native_models(body)
 
 
+async def loaded_context(
+    session: aiohttp.ClientSession, base: str, request: ChatRequest, instance_id: str
+) -> int | None:
+    """The context length LM Studio runs a loaded instance with (`GET /api/v1/models`); None where it does not say."""
+    try:
+        async with await open_request(session, "GET", f"{base}/api/v1/models", request) as response:
+            body = await read_body(response)
+    except LMStudioError:
+        return None
+    for entry in body.get("models", []) if isinstance(body, dict) else []:
+        for instance in (entry.get("loaded_instances") or []) if isinstance(entry, dict) else []:
+            if isinstance(instance, dict) and instance.get("id") == instance_id:
+                length = (instance.get("config") or {}).get("context_length")
+                return length if isinstance(length, int) else None
+    return None
+
+
 async def openai_models(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> list[ModelInfo]:
     return parse_openai_models(await get_json(session, f"{base}/v1/models", request, base))
 

@@ -27,6 +27,7 @@ from .chat import (
     LMStudioError,
     Stats,
     api_token_from_env,
+    unsent_settings,
 )
 from .client import list_models, parallel_slots, stream_chat, unload_model
 from .list_run import CANCELLED, DONE, FAILED, QUEUED, RUNNING, ListRun, list_run, prompt_state
@@ -38,6 +39,7 @@ from .options_node import (
     UNLOAD_WHEN_IDLE,
     ChatOptions,
     LMStudioChatOptions,
+    request_settings,
 )
 from .relay import StreamRelay
 from .slots import SlotPool, pool_for
@@ -58,6 +60,8 @@ UNLOAD_CONFIRM_SECONDS = 10.0
 LIST_SETTLE_SECONDS = 0.05
 # In ComfyUI's user folder; the `__` prefix marks a system user's folder, which ComfyUI never serves over HTTP.
 ANSWERS_FOLDER = "__lmstudio_stream_chat"
+# The further image sockets (core's Autogrow, as its own multi-image nodes): `image` is the first of the eight.
+MORE_IMAGES = tuple(f"image_{n}" for n in range(2, MAX_BATCH_IMAGES + 1))
 RETRIES = 1  # a transient failure (a dropped stream, HTTP 5xx, an error inside the stream) is tried once more
 _POOL_SOURCES = {
     "server": "the loaded model's parallel slots",
@@ -205,27 +209,39 @@ async def _stream_item(request: ChatRequest, options: ChatOptions, relay: Stream
         pool.release()
 
 
-def _batch_notice(image, options: ChatOptions) -> str:
-    """What the user should know when a batch is not sent whole; empty when it is."""
-    count = int(image.shape[0]) if getattr(image, "shape", None) is not None and len(image.shape) == 4 else 1
-    if count > 1 and not options.send_all_images:
-        return (f"Only the first of {count} images was sent. For one answer per image put core's Rebatch Images "
-                "(batch_size 1) in front of this node; for one answer about all of them turn on send_all_images "
-                "in LM Studio Chat Options.")
-    if count > MAX_BATCH_IMAGES and options.send_all_images:
-        return f"Sent the first {MAX_BATCH_IMAGES} of {count} images (the most one message takes)."
+def _batch_count(image) -> int:
+    return int(image.shape[0]) if getattr(image, "shape", None) is not None and len(image.shape) == 4 else 1
+
+
+def _batch_notice(images: list, options: ChatOptions) -> str:
+    """What the user should know when the images are not all sent; empty when they are."""
+    counts = [_batch_count(image) for image in images]
+    if any(count > 1 for count in counts) and not options.send_all_images:
+        many = f"the first of {counts[0]} images was" if len(counts) == 1 else "the first image of each batch was"
+        return (f"Only {many} sent. For one answer per image put core's Rebatch Images (batch_size 1) in front of "
+                "this node; for one answer about all of them turn on send_all_images in LM Studio Chat Options.")
+    total = sum(counts) if options.send_all_images else len(counts)
+    if total > MAX_BATCH_IMAGES:
+        return f"Sent the first {MAX_BATCH_IMAGES} of {total} images (the most one message takes)."
     return ""
 
 
-async def _encode(image, options: ChatOptions, channel: ItemChannel) -> tuple[bytes, ...]:
-    if image is None:
-        return ()
-    if notice := _batch_notice(image, options):
-        channel.notice("images", notice)
-    # JPEG encoding takes tens of milliseconds: keep it off the event loop.
-    jpegs = await asyncio.to_thread(encode_images, image, all_images=options.send_all_images,
-                                    max_side=options.max_image_side, quality=options.jpeg_quality)
+def _encode_all(images: list, options: ChatOptions) -> tuple[bytes, ...]:
+    """JPEG bytes of each input's image (or batch, with send_all_images), in socket order, at most eight."""
+    jpegs: list[bytes] = []
+    for image in images:
+        jpegs += encode_images(image, all_images=options.send_all_images, max_side=options.max_image_side,
+                               quality=options.jpeg_quality)[: MAX_BATCH_IMAGES - len(jpegs)]
     return tuple(jpegs)
+
+
+async def _encode(images: list, options: ChatOptions, channel: ItemChannel) -> tuple[bytes, ...]:
+    if not images:
+        return ()
+    if notice := _batch_notice(images, options):
+        channel.notice("images", notice)
+    # JPEG encoding takes tens of milliseconds an image: keep it off the event loop.
+    return await asyncio.to_thread(_encode_all, images, options)
 
 
 def _free_comfy_vram(channel: ItemChannel) -> None:
@@ -316,6 +332,19 @@ class LMStudioStreamChat(io.ComfyNode):
                     "the last answer. Sent to LM Studio in OpenAI-compatible mode only (`seed`); the SDK and the "
                     "REST API take no per-request seed.",
                 ),
+                io.Autogrow.Input(
+                    "more_images",
+                    optional=True,
+                    tooltip="More images for the same message, of any size, each from its own socket (a new socket "
+                    f"appears as one is linked; {MAX_BATCH_IMAGES} images in all with `image`). With a list on "
+                    "`image`, every item gets these too.",
+                    template=io.Autogrow.TemplateNames(
+                        io.Image.Input("image", lazy=True, tooltip="One more image (of a batch, what `image`'s "
+                                       "send_all_images says is sent)."),
+                        names=list(MORE_IMAGES),
+                        min=1,
+                    ),
+                ),
                 io.Custom(OPTIONS_TYPE).Input(
                     "options",
                     optional=True,
@@ -341,8 +370,16 @@ class LMStudioStreamChat(io.ComfyNode):
         )
 
     @classmethod
-    def check_lazy_status(cls, image=None, **kwargs) -> list[str]:
-        return ["image"] if image is None and _image_linked(cls.hidden) else []
+    def check_lazy_status(cls, image=None, more_images=None, **kwargs) -> list[str]:
+        needed = ["image"] if image is None and _image_linked(cls.hidden) else []
+        # ComfyUI hands each linked further image as (value, its input's key) here, None while not evaluated; 0.33.0
+        # hands the group itself that way too when nothing is linked to it: ({}, "more_images").
+        if isinstance(more_images, tuple):
+            more_images = more_images[0]
+        for value in (more_images or {}).values():
+            if isinstance(value, tuple) and value[0] is None:
+                needed.append(value[1])
+        return needed
 
     @classmethod
     async def execute(
@@ -357,11 +394,12 @@ class LMStudioStreamChat(io.ComfyNode):
         image=None,
         system_prompt: str = "",
         seed: int = 0,
+        more_images: dict | None = None,
         options: ChatOptions | None = None,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
         channel = _start_item(str(cls.hidden.unique_id))
-        relay = StreamRelay(channel.send, channel.progress)
+        relay = StreamRelay(channel.send, channel.progress, channel.notice)
         try:
             request = ChatRequest(
                 prompt=prompt,
@@ -369,14 +407,17 @@ class LMStudioStreamChat(io.ComfyNode):
                 mode=ConnectionMode(connection_mode),
                 model=model_id.strip(),
                 system_prompt=system_prompt,
-                images=await _encode(image, options, channel),
+                images=await _encode(_images(image, more_images), options, channel),
                 temperature=temperature,
                 max_tokens=max_tokens,
                 reasoning=options.reasoning,
                 seed=seed,
                 ttl_seconds=options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
                 api_token=api_token_from_env(),
+                **request_settings(options),
             )
+            for sentence in unsent_settings(request):
+                channel.notice(sentence, sentence)
             if debug_mode:
                 log.info("LM Studio request from node %s, item %d: %s", channel.node_id, channel.index,
                          request.describe())
@@ -404,6 +445,12 @@ class LMStudioStreamChat(io.ComfyNode):
             await _unload(request, answer.stats.model, channel)
         _finish(channel, DONE)
         return _output(channel, answer, summary)
+
+
+def _images(image, more_images: dict | None) -> list:
+    """The images to send, in socket order: `image`, then the further sockets that carry one."""
+    more = [(more_images or {}).get(name) for name in MORE_IMAGES]
+    return [each for each in (image, *more) if each is not None]
 
 
 def _image_linked(hidden) -> bool:

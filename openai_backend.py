@@ -52,20 +52,37 @@ def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["seed"] = request.seed
     if request.ttl_seconds is not None:
         payload["ttl"] = request.ttl_seconds  # applies only when this request makes LM Studio load the model
+    # top_k, min_p, repeat_penalty and draft_model are LM Studio's extensions (llama-server takes all but the last).
+    for name in ("top_p", "top_k", "min_p", "repeat_penalty"):
+        if (value := getattr(request, name)) is not None:
+            payload[name] = value
+    if request.stop:
+        payload["stop"] = list(request.stop)
+    if request.draft_model:
+        payload["draft_model"] = request.draft_model
     return payload
 
 
 def openai_stats(
     usage: dict[str, Any],
+    timings: dict[str, Any],
     started: float,
     first_token: float | None,
     last_token: float | None,
     finish_reason: str | None,
     model: str,
 ) -> Stats:
-    """Statistics for the OpenAI dialect: timings measured here, token counts only from the server's `usage`."""
+    """Statistics for the OpenAI dialect: timings measured here, token counts only from the server's `usage`.
+
+    Draft tokens: OpenAI's `accepted_prediction_tokens`/`rejected_prediction_tokens`, else llama.cpp's `timings`
+    (`draft_n`, `draft_n_accepted`).
+    """
     output_tokens = usage.get("completion_tokens")
     details = usage.get("completion_tokens_details") or {}
+    accepted, rejected = details.get("accepted_prediction_tokens"), details.get("rejected_prediction_tokens")
+    drafted = accepted + rejected if accepted is not None and rejected is not None else None
+    if accepted is None and "draft_n_accepted" in timings:
+        accepted, drafted = timings.get("draft_n_accepted"), timings.get("draft_n")
     tokens_per_second = None
     if output_tokens and first_token is not None and last_token is not None and last_token > first_token:
         tokens_per_second = output_tokens / (last_token - first_token)
@@ -78,6 +95,8 @@ def openai_stats(
         output_tokens=output_tokens,
         reasoning_tokens=details.get("reasoning_tokens"),
         stop_reason=finish_reason,
+        draft_tokens=drafted,
+        accepted_draft_tokens=accepted,
     )
 
 
@@ -87,6 +106,7 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
     started = time.monotonic()
     first_token = last_token = None
     usage: dict[str, Any] = {}
+    timings: dict[str, Any] = {}
     finish_reason = None
     served_model = None
 
@@ -104,6 +124,7 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
             raise stream_error(chunk["error"], model, await identify(session, base))
         served_model = chunk.get("model") or served_model
         usage = chunk.get("usage") or usage
+        timings = chunk.get("timings") or timings  # llama.cpp's
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
             finish_reason = choice.get("finish_reason") or finish_reason
@@ -117,7 +138,7 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
         raise IncompleteStream()
     for is_reasoning, text in splitter.close():
         yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
-    yield Finished(openai_stats(usage, started, first_token, last_token, finish_reason, served_model or model))
+    yield Finished(openai_stats(usage, timings, started, first_token, last_token, finish_reason, served_model or model))
 
 
 def stream_openai(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:

@@ -8,6 +8,7 @@ uses `ChatOptions()`, whose defaults are the ones the settings had when they sat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from comfy_api.latest import io
 
@@ -35,6 +36,33 @@ class ChatOptions:
     free_comfy_vram: bool = False
     max_parallel: int = 0  # 0: as many as the server's `parallel` slots
     resume: bool = True
+    # -1 (0 for context_length, "" for the texts): nothing is sent, LM Studio's per-model setting applies.
+    top_p: float = -1.0
+    top_k: int = -1
+    min_p: float = -1.0
+    repeat_penalty: float = -1.0
+    stop: str = ""
+    draft_model: str = ""
+    context_length: int = 0
+
+
+def request_settings(options: ChatOptions) -> dict[str, Any]:
+    """The ChatRequest fields the options set; a setting left at its default is None (nothing sent)."""
+    return {
+        "top_p": None if options.top_p < 0 else options.top_p,
+        "top_k": None if options.top_k < 0 else options.top_k,
+        "min_p": None if options.min_p < 0 else options.min_p,
+        "repeat_penalty": None if options.repeat_penalty < 0 else options.repeat_penalty,
+        "stop": stop_strings(options.stop),
+        "draft_model": options.draft_model.strip(),
+        "context_length": options.context_length or None,
+    }
+
+
+def stop_strings(text: str) -> tuple[str, ...]:
+    r"""One stop string per line, as typed (spaces count); `\n` and `\t` stand for a line break and a tab."""
+    lines = (line.rstrip("\r") for line in text.split("\n"))
+    return tuple(line.replace("\\n", "\n").replace("\\t", "\t") for line in lines if line)
 
 
 class LMStudioChatOptions(io.ComfyNode):
@@ -45,7 +73,8 @@ class LMStudioChatOptions(io.ComfyNode):
             display_name="LM Studio Chat Options",
             category=CATEGORY,
             description="Settings for LM Studio Chat that most runs leave alone: image sending, errors, reasoning, "
-            "VRAM and how many list items LM Studio works on at once. Connect to the chat node's options input.",
+            "VRAM, how many list items LM Studio works on at once, resume, sampling, stop strings, a draft model "
+            "and the context length. Connect to the chat node's options input.",
             inputs=[
                 io.Boolean.Input(
                     "send_all_images",
@@ -84,7 +113,7 @@ class LMStudioChatOptions(io.ComfyNode):
                     default="auto",
                     tooltip="How much the model should think. Sent in REST API mode only (LM Studio's `reasoning`; a "
                     "model that does not support the setting answers with an error). SDK and OpenAI-compatible "
-                    "modes ignore it: the model's own default applies. auto sends nothing.",
+                    "modes cannot send it (the node says so): the model's own default applies. auto sends nothing.",
                 ),
                 io.Combo.Input(
                     "after_run",
@@ -126,6 +155,66 @@ class LMStudioChatOptions(io.ComfyNode):
                     "same request comes again (server, model, mode, prompts, images, settings and seed all alike): "
                     "a cancelled, failed or crashed list then generates only the items it had not finished. A new "
                     "seed asks for a new answer. Off: every run generates everything.",
+                ),
+                io.Float.Input(
+                    "top_p",
+                    default=-1.0,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Nucleus sampling: pick from the smallest set of tokens whose probabilities add up to "
+                    "this (0-1). -1: LM Studio's setting for the model (nothing sent).",
+                ),
+                io.Int.Input(
+                    "top_k",
+                    default=-1,
+                    min=-1,
+                    max=1000,
+                    tooltip="Pick from the k most likely tokens only (0 turns it off). -1: LM Studio's setting for the "
+                    "model (nothing sent).",
+                ),
+                io.Float.Input(
+                    "min_p",
+                    default=-1.0,
+                    min=-1.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Drop tokens less likely than this fraction of the most likely one (0-1; 0 turns it "
+                    "off). -1: LM Studio's setting for the model (nothing sent).",
+                ),
+                io.Float.Input(
+                    "repeat_penalty",
+                    default=-1.0,
+                    min=-1.0,
+                    max=3.0,
+                    step=0.01,
+                    tooltip="Penalty for repeating tokens: 1 is none, higher repeats less. -1: LM Studio's setting for "
+                    "the model (nothing sent).",
+                ),
+                io.String.Input(
+                    "stop",
+                    multiline=True,
+                    default="",
+                    tooltip="Stop strings, one per line, as typed (spaces count; \\n is a line break): the answer "
+                    "ends before the first one the model writes. SDK and OpenAI-compatible modes; the REST API has "
+                    "none (the node says so). Empty: none.",
+                ),
+                io.String.Input(
+                    "draft_model",
+                    default="",
+                    tooltip="Speculative decoding: the key of a small model of the same family (e.g. "
+                    "qwen/qwen3-0.6b for a Qwen3 model) that drafts tokens for the main model to check; faster, the "
+                    "same answer. LM Studio loads it. SDK and OpenAI-compatible modes. The statistics show the "
+                    "accepted draft tokens where LM Studio reports them. Empty: none.",
+                ),
+                io.Int.Input(
+                    "context_length",
+                    default=0,
+                    min=0,
+                    max=1_048_576,
+                    tooltip="Context length, in tokens, for a model this node makes LM Studio load (SDK and REST "
+                    "API). A model already loaded keeps its length: the node says so; unload it (or after_run = "
+                    "unload) to load it anew. Images take context too. 0: LM Studio's setting for the model.",
                 ),
             ],
             outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],

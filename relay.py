@@ -1,13 +1,14 @@
 """Forwards one item's stream to the browser in ordered, coalesced batches, and keeps it for the outputs.
 
-No ComfyUI imports: `send(chunk_type, content)` and `progress(fraction)` are handed in by the node.
+No ComfyUI imports: `send(chunk_type, content)`, `progress(fraction)` and `notice(kind, text)` are handed in by the
+node.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from .chat import Finished, Progress, ReasoningDelta, Stats, StreamEvent, TextDelta
+from .chat import Finished, Notice, Progress, ReasoningDelta, Stats, StreamEvent, TextDelta
 
 Send = Callable[[str, str], None]
 _STAGE_LABELS = {"model_load": "Loading model", "prompt_processing": "Processing prompt"}
@@ -16,9 +17,10 @@ _STAGE_LABELS = {"model_load": "Loading model", "prompt_processing": "Processing
 class StreamRelay:
     """Collects the stream for the outputs and forwards it to the browser in ordered, coalesced batches."""
 
-    def __init__(self, send: Send, progress: Callable[[float], None]) -> None:
+    def __init__(self, send: Send, progress: Callable[[float], None], notice: Send) -> None:
         self.send = send
         self._progress = progress
+        self._notice = notice
         self._pending: list[list[str]] = []  # [chunk_type, text] runs, in arrival order
         self._status: Progress | None = None
         self.text: list[str] = []
@@ -36,6 +38,8 @@ class StreamRelay:
             self._status = event
         elif isinstance(event, Finished):
             self.stats = event.stats
+        elif isinstance(event, Notice):
+            self._notice(event.kind, event.text)
 
     def reset(self) -> None:
         """Forget a failed attempt before it is tried again; the browser is told to clear the item."""

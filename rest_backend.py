@@ -7,8 +7,19 @@ from typing import Any
 
 import aiohttp
 
-from .chat import ChatRequest, Finished, Progress, ReasoningDelta, Stats, StreamEvent, TextDelta, stream_error
-from .http_common import IncompleteStream, parse_json, resolve_model, sse_events, stream_dialect
+from .chat import (
+    ChatRequest,
+    Finished,
+    Notice,
+    Progress,
+    ReasoningDelta,
+    Stats,
+    StreamEvent,
+    TextDelta,
+    context_kept,
+    stream_error,
+)
+from .http_common import IncompleteStream, loaded_context, parse_json, resolve_model, sse_events, stream_dialect
 from .utils import jpeg_data_uri
 
 ENDPOINT = "/api/v1/chat"
@@ -36,6 +47,9 @@ def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["max_output_tokens"] = request.max_tokens
     if request.reasoning != "auto":
         payload["reasoning"] = request.reasoning
+    for name in ("top_p", "top_k", "min_p", "repeat_penalty", "context_length"):
+        if (value := getattr(request, name)) is not None:
+            payload[name] = value
     return payload
 
 
@@ -72,7 +86,13 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
         elif kind == "chat.end":
             if errors:
                 raise stream_error(errors[0], model)
-            yield Finished(rest_stats(event.get("result") or {}, request.mode.value))
+            result = event.get("result") or {}
+            instance = str(result.get("model_instance_id") or model)
+            # Checked, not assumed: a model loaded before keeps its length, and LM Studio may shorten one to fit memory.
+            wanted = request.context_length
+            if wanted and (length := await loaded_context(session, base, request, instance)) not in (None, wanted):
+                yield Notice("context", context_kept(instance, length, wanted))
+            yield Finished(rest_stats(result, request.mode.value))
             return
     if errors:
         raise stream_error(errors[0], model)

@@ -27,6 +27,7 @@ from .chat import (
     ChatRequest,
     Finished,
     LMStudioError,
+    Notice,
     Progress,
     ReasoningDelta,
     Stats,
@@ -34,7 +35,10 @@ from .chat import (
     TextDelta,
     auth_required,
     connection_failed,
+    context_kept,
+    context_overflow,
     idle_timeout,
+    is_context_overflow,
     is_lmstudio_greeting,
     model_not_found,
     no_model_loaded,
@@ -183,6 +187,15 @@ class _Run:
             self.task.cancel()  # LM Studio did not finish with `userStopped` in time
 
     async def _model(self, client: Any) -> Any:
+        """The model handle: loaded already, or loaded now (with the request's context length, if it sets one)."""
+        model = await self._loaded_or_load(client)
+        wanted = self.request.context_length
+        # Checked, not assumed: a model loaded before keeps its length, and LM Studio may shorten one to fit memory.
+        if wanted and (length := await model.get_context_length()) != wanted:
+            self.handoff.put(Notice("context", context_kept(model.identifier, length, wanted)))
+        return model
+
+    async def _loaded_or_load(self, client: Any) -> Any:
         if not self.request.model:
             return await client.llm.model()
         loading = False
@@ -195,8 +208,10 @@ class _Run:
                 self.handoff.put(Progress("model_load", fraction))
 
         ttl = self.request.ttl_seconds or LOAD_TTL_SECONDS
+        # Load config: it counts only if this call loads the model (the SDK ignores it for a loaded one).
+        config = {"contextLength": self.request.context_length} if self.request.context_length else None
         try:
-            return await client.llm.model(self.request.model, ttl=ttl, on_load_progress=on_load)
+            return await client.llm.model(self.request.model, ttl=ttl, config=config, on_load_progress=on_load)
         except lms.LMStudioServerError as exc:
             if _error_code(exc) in _MODEL_NOT_FOUND_CODES or isinstance(exc, lms.LMStudioModelNotFoundError):
                 raise model_not_found(self.request.model, f"{_detail(exc)}. {await _model_listing(client)}") from exc
@@ -213,10 +228,7 @@ class _Run:
         ]
         chat = lms.Chat(request.system_prompt) if request.system_prompt else lms.Chat()
         chat.add_user_message(request.prompt, images=images)
-        # Only keys the SDK honours: it silently drops unknown ones (`topP`, `seed`).
-        config: dict[str, Any] = {"temperature": request.temperature}
-        if request.max_tokens >= 0:
-            config["maxTokens"] = request.max_tokens
+        config = sdk_prediction_config(request)
 
         def on_prompt(fraction: float) -> None:
             self.handoff.put(Progress("prompt_processing", fraction))
@@ -247,11 +259,29 @@ class _Run:
             output_tokens=stats.predicted_tokens_count,
             reasoning_tokens=reasoning_tokens,
             stop_reason=stats.stop_reason,
+            draft_tokens=stats.total_draft_tokens_count,
+            accepted_draft_tokens=stats.accepted_draft_tokens_count,
         )))
 
     def _explain(self, exc: BaseException) -> BaseException:
         return _explain(exc, self.request, self.base, self.host, connected=self.connected, started=self.started,
                         received=self.received)
+
+
+# The request's settings under the SDK's prediction config names (`_kv_config.py`: "llm.prediction").
+_SDK_NAMES = {"top_p": "topPSampling", "top_k": "topKSampling", "min_p": "minPSampling",
+              "repeat_penalty": "repeatPenalty", "stop": "stopStrings", "draft_model": "draftModel"}
+
+
+def sdk_prediction_config(request: ChatRequest) -> dict[str, Any]:
+    """Only keys the SDK honours: it silently drops unknown ones (`topP`, `seed`)."""
+    config: dict[str, Any] = {"temperature": request.temperature}
+    if request.max_tokens >= 0:
+        config["maxTokens"] = request.max_tokens
+    for name, value in request.settings().items():
+        if name in _SDK_NAMES:
+            config[_SDK_NAMES[name]] = value
+    return config
 
 
 def _explain(
@@ -275,6 +305,8 @@ def _explain(
             return no_model_loaded()
         return LMStudioError(f"LM Studio SDK error: {_detail(exc)}")
     if isinstance(exc, lms.LMStudioServerError):
+        if is_context_overflow(str(exc)):
+            return context_overflow(_detail(exc))
         if "Authentication failed" in str(exc):
             return auth_required("it rejected the token sent." if request.api_token else "none was sent.")
         # An error inside the prediction (an engine crash, say) is worth one more try; others are not.

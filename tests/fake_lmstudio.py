@@ -205,10 +205,18 @@ class FakeLMStudio:
         await self._record(request)
         if not self.native_api:
             return self._unexpected(request)
+        self._load_for(self.requests[-1].body)
         events = self.rest_events
         if self.echo:
             events = rest_script(reasoning=[], text=["Answer to ", prompt_of(self.requests[-1].body)])
         return await self._stream(request, [self._frame(data, name) for name, data in events])
+
+    def _load_for(self, body: Any) -> None:
+        """A native chat for a model that is not loaded loads it (JIT), with the request's `context_length`."""
+        model = next((m for m in self.models if isinstance(body, dict) and m["key"] == body.get("model")), None)
+        if model is not None and not model["loaded_instances"]:
+            context = body.get("context_length") or 4096
+            model["loaded_instances"] = [{"id": model["key"], "config": {"context_length": context, "parallel": 4}}]
 
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
@@ -330,12 +338,17 @@ def sdk_script(reasoning: list[str] = ("Let me", " look."), text: list[str] = ("
     return fragments + [sdk_fragment(t) for t in text]
 
 
-def sdk_instance_info(key: str, *, vision: bool = True) -> dict[str, Any]:
+def sdk_instance_info(key: str, *, vision: bool = True, context: int = 8192) -> dict[str, Any]:
     """`LlmInstanceInfo` on the wire (`_sdk_models/__init__.py:6626-6642`)."""
     return {"type": "llm", "modelKey": key, "format": "gguf", "displayName": key.split("/")[-1],
             "path": f"{key}/model.gguf", "sizeBytes": 3_000_000_000, "identifier": key,
             "instanceReference": f"ref-{key}", "vision": vision, "trainedForToolUse": False,
-            "maxContextLength": 32768, "contextLength": 8192}
+            "maxContextLength": 32768, "contextLength": context}
+
+
+def stack_fields(stack: dict[str, Any] | None) -> dict[str, Any]:
+    """An SDK config stack (`predictionConfigStack`, `loadConfigStack`) as {key: value}, later layers winning."""
+    return {f["key"]: f["value"] for layer in (stack or {}).get("layers", []) for f in layer["config"]["fields"]}
 
 
 def sdk_error(title: str, code: str | None = None) -> dict[str, Any]:
@@ -352,6 +365,7 @@ class FakeSDK:
 
     loaded: list[str] = field(default_factory=lambda: [MODEL])
     text_only: set[str] = field(default_factory=set)  # models without vision
+    contexts: dict[str, int] = field(default_factory=dict)  # a loaded model's context length (8192 if not here)
     downloaded: list[str] = field(default_factory=lambda: [MODEL, "google/gemma-3-4b"])
     fragments: list[dict[str, Any]] = field(default_factory=sdk_script)
     prompt_progress: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0])
@@ -432,6 +446,9 @@ class FakeSDK:
             self.open_sockets -= 1
         return ws
 
+    def info(self, key: str) -> dict[str, Any]:
+        return sdk_instance_info(key, vision=key not in self.text_only, context=self.contexts.get(key, 8192))
+
     def _rpc(self, message: dict[str, Any]) -> dict[str, Any]:
         call, endpoint, param = message["callId"], message["endpoint"], message.get("parameter") or {}
         if endpoint == "listLoaded":
@@ -446,7 +463,7 @@ class FakeSDK:
                       "sizeBytes": size}
         elif endpoint == "getModelInfo":
             key = _identifier(param) or self.loaded[0]
-            result = sdk_instance_info(key, vision=key not in self.text_only)
+            result = self.info(key)
         elif endpoint == "unloadModel":
             key = _identifier(param)
             if key not in self.loaded:
@@ -468,14 +485,17 @@ class FakeSDK:
         if endpoint == "getOrLoad":
             key = params.get("identifier")
             if key in self.loaded:
-                await send({"type": "alreadyLoaded", "info": sdk_instance_info(key)})
+                await send({"type": "alreadyLoaded", "info": self.info(key)})
             elif key in self.downloaded:
                 await send({"type": "startLoading", "identifier": key, "fullPath": f"{key}/model.gguf"})
                 for step in self.load_steps:
                     await asyncio.sleep(self.load_delay)
                     await send({"type": "loadProgress", "progress": step})
                 self.loaded.append(key)
-                await send({"type": "loadSuccess", "info": sdk_instance_info(key)})
+                # The load config counts here only, as in LM Studio: a loaded model keeps its own.
+                if length := stack_fields(params.get("loadConfigStack")).get("llm.load.contextLength"):
+                    self.contexts[key] = length
+                await send({"type": "loadSuccess", "info": self.info(key)})
             else:
                 await ws.send_json({"type": "channelError", "channelId": channel,
                                     "error": sdk_error(f"Cannot find a model with path \"{key}\"",

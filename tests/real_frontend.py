@@ -34,6 +34,9 @@ def _input_info(item: Any) -> list:
     if item.io_type == "COMBO":
         options["options"] = item.options
         options["multiselect"] = False
+    if (template := getattr(item, "template", None)) is not None:  # Autogrow, as `_io.py` `as_dict` gives it
+        options["template"] = {"input": {"required": {template.input.id: _input_info(template.input)}},
+                               "names": template.names, "min": template.min}
     return [item.io_type, options]
 
 

@@ -284,6 +284,45 @@ async def test_a_cancelled_list_queued_again_shows_the_resumed_answers_and_the_r
     await keep_picture(ui, "resumed")
 
 
+async def test_further_image_sockets_grow_as_images_are_linked(ui, lmstudio):
+    """Core's Autogrow in both renderers: one free socket after the linked ones; the node face keeps at most 12
+    widgets above the view; the images reach LM Studio in socket order."""
+    await chat_node(ui, lmstudio, pos=(420, 60))
+    shown = await ui.evaluate("""(async () => {
+        const sockets = () => __node.inputs.map((i) => i.name);
+        const fresh = sockets();
+        const sizes = [[64, 32], [20, 40], [24, 24]];
+        const images = [];
+        for (const [i, [w, h]] of sizes.entries()) {
+            const source = await T.add("EmptyImage", [40, 60 + 190 * i]);
+            T.set(source, "width", w);
+            T.set(source, "height", h);
+            images.push(source);
+        }
+        images[0].connect(0, __node, __node.inputs.findIndex((i) => i.name === "image"));
+        await T.frames(4);
+        const free = () => __node.inputs.findIndex((i) => i.name.includes("image_") && i.link == null);
+        images[1].connect(0, __node, free());
+        await T.frames(4);
+        images[2].connect(0, __node, free());
+        await T.frames(6);
+        const names = __node.widgets.map((w) => w.name);
+        return {fresh, grown: sockets(), above: names.indexOf("lmstudio_stream"), parts: T.parts(__node)};
+    })()""")
+    further = [name for name in shown["grown"] if "image_" in name]
+    # The first further socket (`min=1`: 1.35.9 shows no socket at all for a group of none); 1.47+ add a free one.
+    assert [name for name in shown["fresh"] if "image_" in name][:1] == ["more_images.image_2"], shown
+    assert len([name for name in shown["fresh"] if "image_" in name]) <= 2, shown
+    assert further == ["more_images.image_2", "more_images.image_3", "more_images.image_4"], shown
+    assert shown["above"] <= 12, shown
+    await keep_picture(ui, "images")
+    await ui.evaluate("app.queuePrompt(0, 1)")
+    await ui.evaluate("T.until(() => T.text(__node, '.lms-stats').includes('tokens/s'))")
+    from test_comfyui_server import image_sizes
+
+    assert image_sizes(lmstudio.chat_requests()[-1].body) == [(64, 32), (20, 40), (24, 24)]
+
+
 async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lmstudio):
     lmstudio.models = [native_model(MODEL, loaded=True), native_model("z/text-only", vision=False)]
     await chat_node(ui, lmstudio)

@@ -242,3 +242,64 @@ async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server,
     captions = sorted((server.output_dir / f"{folder}_captioned").glob("*.txt"))
     assert [path.read_text() for path in captions] == ["Answer to Caption"] * 12
     assert resume_notices(again)[-1].startswith(f"{kept} of 12 answers came back finished")
+
+
+def empty_image(width: int, height: int, batch: int = 1) -> dict:
+    return {"class_type": "EmptyImage", "inputs": {"width": width, "height": height, "batch_size": batch,
+                                                   "color": 0x336699}}
+
+
+def image_sizes(body_or_uploads) -> list[tuple[int, int]]:
+    """(width, height) of every image one native REST body carried, in order."""
+    from base64 import b64decode
+    from io import BytesIO
+
+    return [Image.open(BytesIO(b64decode(item["data_url"].split(",", 1)[1]))).size
+            for item in body_or_uploads["input"] if item["type"] == "image"]
+
+
+async def test_sampling_stop_draft_and_context_reach_each_mode_by_its_own_names(comfyui, lmstudio):
+    from fake_lmstudio import stack_fields
+
+    settings = dict(top_p=0.9, top_k=40, min_p=0.05, repeat_penalty=1.1, stop="###", draft_model="qwen/qwen3-0.6b",
+                    context_length=8192)
+    shown = {}
+    for mode in MODES:
+        run = await comfyui.run({"1": chat(lmstudio.url, mode, options=["2", 0]), "2": options_node(**settings)})
+        assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+        shown[mode] = [u["content"] for u in run.stream("notice")]
+    rest, openai = [r.body for r in lmstudio.chat_requests()]
+    sampling = dict(top_p=0.9, top_k=40, min_p=0.05, repeat_penalty=1.1)
+    assert {k: rest[k] for k in sampling} == sampling and rest["context_length"] == 8192
+    assert "stop" not in rest and "draft_model" not in rest
+    assert {k: openai[k] for k in sampling} == sampling and openai["stop"] == ["###"]
+    assert openai["draft_model"] == "qwen/qwen3-0.6b" and "context_length" not in openai
+    (create,) = lmstudio.sdk.sent("channelCreate", "predict")
+    fields = stack_fields(create["creationParameter"]["predictionConfigStack"])
+    assert fields["llm.prediction.topKSampling"] == 40 and fields["llm.prediction.stopStrings"] == ["###"]
+    assert fields["llm.prediction.speculativeDecoding.draftModel"] == "qwen/qwen3-0.6b"
+    # Nothing dropped silently: what a mode cannot send is named on the node.
+    assert shown["SDK"] == []
+    assert any("stop strings are not supported by the REST API mode" in n for n in shown["REST API"])
+    assert any("context_length is not supported by the OpenAI-compatible mode" in n for n in shown["OpenAI-compatible"])
+
+
+async def test_several_images_from_the_further_sockets(comfyui, lmstudio):
+    """`image` and core's Autogrow sockets (`more_images.image_2`, ...): lazy inputs ComfyUI evaluates on request."""
+    prompt = {"2": empty_image(64, 32), "3": empty_image(20, 40), "4": empty_image(24, 24),
+              "1": chat(lmstudio.url, image=["2", 0], **{"more_images.image_2": ["3", 0],
+                                                         "more_images.image_3": ["4", 0]})}
+    run = await comfyui.run(prompt)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    assert image_sizes(lmstudio.chat_requests()[-1].body) == [(64, 32), (20, 40), (24, 24)]
+
+
+async def test_a_dataset_list_gets_the_same_further_image_on_every_item(comfyui, lmstudio):
+    lmstudio.echo = True
+    folder = dataset(comfyui, 3)
+    prompt = dataset_prompt(comfyui, lmstudio.url, folder, "REST API", **{"more_images.image_2": ["5", 0]})
+    prompt["5"] = empty_image(16, 48)
+    run = await comfyui.run(prompt, timeout=120)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    sizes = sorted(image_sizes(r.body) for r in lmstudio.chat_requests())
+    assert sizes == [[(32 + i, 24), (16, 48)] for i in range(3)]

@@ -10,7 +10,7 @@ from aiohttp import web
 from server import PromptServer
 
 from chat_node_helpers import events, run
-from fake_lmstudio import MODEL, native_model, openai_script
+from fake_lmstudio import MODEL, native_model, openai_script, stack_fields
 from lmstudio_pack import node as node_module
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, LMStudioError
 from lmstudio_pack.client import list_models, stream_chat, unload_model
@@ -184,8 +184,7 @@ async def test_reasoning_seed_and_system_prompt_per_mode(lmstudio, comfy):
     assert openai["messages"][0] == {"role": "system", "content": "Be terse."}
     await run(lmstudio.url, "SDK", **extra)
     (create,) = lmstudio.sdk.sent("channelCreate", "predict")
-    fields = {f["key"] for layer in create["creationParameter"]["predictionConfigStack"]["layers"]
-              for f in layer["config"]["fields"]}
+    fields = set(stack_fields(create["creationParameter"]["predictionConfigStack"]))
     assert fields == {"llm.prediction.temperature"}  # no seed, no reasoning: the SDK would drop them silently
     assert create["creationParameter"]["history"]["messages"][0]["role"] == "system"
 

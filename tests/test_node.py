@@ -43,14 +43,19 @@ def test_schema_contract():
     assert (by_id["max_tokens"].default, by_id["max_tokens"].min) == (-1, -1)
     assert by_id["prompt"].multiline
     for extra in schema.inputs[len(required):]:
-        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE) or extra.default is not None), extra.id
+        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE, "COMFY_AUTOGROW_V3")
+                                   or extra.default is not None), extra.id
     for item in schema.inputs:
         assert item.tooltip, item.id
     assert [(o.id, o.io_type) for o in schema.outputs] == [
         ("response_text", "STRING"), ("reasoning_text", "STRING"), ("statistics", "STRING"),
         ("tokens_per_second", "FLOAT"), ("time_to_first_token", "FLOAT"), ("input_tokens", "INT"),
         ("output_tokens", "INT"), ("reasoning_tokens", "INT")]
-    assert [i.id for i in schema.inputs[len(required):]] == ["image", "system_prompt", "seed", "options"]
+    assert [i.id for i in schema.inputs[len(required):]] == ["image", "system_prompt", "seed", "more_images",
+                                                             "options"]
+    # Seven more image sockets, lazy like `image`: eight images in one message at most.
+    more = by_id["more_images"].template
+    assert more.names == [f"image_{n}" for n in range(2, 9)] and more.min == 1 and more.input.lazy
     assert by_id["seed"].control_after_generate is True
     assert by_id["options"].io_type == OPTIONS_TYPE
     hidden = {h.value for h in schema.hidden}

@@ -39,12 +39,22 @@ def get_json(url: str) -> object:
 
 @pytest.fixture(scope="module")
 def server_url():
+    yield from llama_server("-np", str(SLOTS), "--metrics")
+
+
+@pytest.fixture(scope="module")
+def draft_server_url():
+    """llama-server with speculative decoding: the tiny model drafts for itself (it takes no per-request draft)."""
+    yield from llama_server("-np", "1", "-md", str(MODEL_FILE), "--spec-type", "draft-simple")
+
+
+def llama_server(*options: str):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     process = subprocess.Popen(
         [BIN, "-m", MODEL_FILE, "--alias", ALIAS, "--host", "127.0.0.1", "--port", str(port), "-c", "4096",
-         "-np", str(SLOTS), "-t", "1", "--no-webui", "--metrics"],
+         "-t", "1", "--no-webui", *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -184,3 +194,50 @@ def test_the_terminal_command(server_url):
     listing = subprocess.run([sys.executable, str(ROOT / "cli.py"), "--list-models", "--server", server_url],
                              capture_output=True, text=True, timeout=60)
     assert listing.returncode == 0 and listing.stdout.strip() == ALIAS
+
+
+# ------------------------------------------------------------------------------------------ every setting, for real
+
+
+async def answer(url: str, **kwargs) -> tuple[str, object]:
+    events_ = [e async for e in stream_chat(request(url, **kwargs))]
+    return "".join(e.text for e in events_ if isinstance(e, TextDelta)), events_[-1].stats
+
+
+COUNT = "Count from one to twenty in words, separated by commas."
+
+
+async def test_a_stop_string_ends_the_answer_before_it(server_url):
+    full, _ = await answer(server_url, prompt=COUNT, temperature=0.0, max_tokens=60)
+    words = [w.strip(" .") for w in full.split(",")]
+    stop = words[len(words) // 2]  # a word the model writes midway
+    assert len(stop) >= 3, full
+    cut, stats = await answer(server_url, prompt=COUNT, temperature=0.0, max_tokens=60, stop=(stop,))
+    assert stop not in cut and full.startswith(cut) and len(cut) < full.index(stop) + 1, (full, cut)
+    assert stats.stop_reason == "stop"
+
+
+async def test_sampling_names_reach_llama_server(server_url):
+    """top_k 1 is greedy whatever the temperature and seed: proof that the name arrives; without it, seeds differ."""
+    varied = {(await answer(server_url, prompt=COUNT, temperature=1.5, seed=seed, max_tokens=24))[0]
+              for seed in (1, 2, 3)}
+    assert len(varied) > 1
+    greedy = {(await answer(server_url, prompt=COUNT, temperature=1.5, seed=seed, max_tokens=24, top_k=1,
+                            top_p=0.95, min_p=0.05, repeat_penalty=1.0))[0] for seed in (1, 2, 3)}
+    assert len(greedy) == 1
+
+
+async def test_a_prompt_too_long_for_the_context(server_url):
+    """4096 tokens over 4 slots: 1024 a slot. llama-server refuses with its own words; the node says what to do."""
+    with pytest.raises(LMStudioError) as caught:
+        await answer(server_url, prompt="colour " * 3000)
+    message = str(caught.value)
+    assert message.startswith("The prompt is too long for the model's context: The server at")
+    assert "exceeds the available context size" in message and "context_length" in message
+
+
+async def test_the_accepted_draft_tokens_in_the_statistics(draft_server_url, comfy):
+    summary = (await run(draft_server_url, "OpenAI-compatible", model_id=ALIAS, prompt=COUNT, temperature=0.0,
+                         max_tokens=40, draft_model=ALIAS)).args[2]
+    accepted = re.search(r"draft accepted: (\d+) of (\d+)", summary)
+    assert accepted and 0 < int(accepted.group(1)) <= int(accepted.group(2)), summary

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from fake_lmstudio import MODEL, sdk_error, sdk_fragment, sdk_script
+from fake_lmstudio import MODEL, sdk_error, sdk_fragment, sdk_script, stack_fields
 from lmstudio_pack import sdk_backend
 from lmstudio_pack.chat import (
     ChatRequest,
@@ -39,8 +39,7 @@ def texts(events, kind) -> str:
 
 def config_fields(fake) -> dict:
     (create,) = fake.sdk.sent("channelCreate", "predict")
-    layers = create["creationParameter"]["predictionConfigStack"]["layers"]
-    return {f["key"]: f["value"] for layer in layers for f in layer["config"]["fields"]}
+    return stack_fields(create["creationParameter"]["predictionConfigStack"])
 
 
 async def one_client_kept(fake) -> bool:

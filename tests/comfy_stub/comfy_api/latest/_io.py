@@ -165,6 +165,30 @@ class Image:
         io_type = "IMAGE"
 
 
+class Autogrow:
+    """0.8.0's dynamic sockets (`_io.py:897-980`): the node gets the linked ones as a dict, name -> value, and
+    `check_lazy_status` gets (value, flat input key) pairs, None for a value not evaluated yet."""
+
+    io_type = "COMFY_AUTOGROW_V3"
+
+    class TemplateNames:
+        def __init__(self, input: Input, names: list[str], min: int = 1) -> None:
+            self.input, self.names, self.min = input, names[:100], min
+
+    class TemplatePrefix:
+        def __init__(self, input: Input, prefix: str, min: int = 1, max: int = 10) -> None:
+            self.input, self.prefix, self.min, self.max = input, prefix, min, max
+            self.names = [f"{prefix}{i}" for i in range(max)]
+
+    class Input(Input):
+        io_type = "COMFY_AUTOGROW_V3"
+
+        def __init__(self, id: str, template: Any, display_name: str | None = None, optional: bool = False,
+                     tooltip: str | None = None, lazy: bool | None = None, extra_dict: dict | None = None) -> None:
+            super().__init__(id, display_name, optional, tooltip, lazy, extra_dict)
+            self.template = template
+
+
 @dataclass
 class Schema:
     node_id: str
