@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -84,6 +85,7 @@ class AnswerStore:
         self.path = Path(folder) / FILE_NAME
         self.max_bytes = max_bytes
         self._created = False  # the file's journal mode and table, set up once (again after a reset)
+        self._setting_up = threading.Lock()  # items in worker threads meet the first setup at the same moment
         # One thread, first in first out: a list's lookups come back in list order, so its items still take
         # LM Studio's slots in that order (and the event loop never waits for the disk).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstudio-answers")
@@ -141,9 +143,11 @@ class AnswerStore:
             # lets one item read while another writes. WAL stays with the file; `synchronous` is per connection.
             db.execute("PRAGMA synchronous=NORMAL")
             if not self._created:
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute(_SCHEMA)
-                self._created = True
+                with self._setting_up:
+                    if not self._created:
+                        db.execute("PRAGMA journal_mode=WAL")
+                        db.execute(_SCHEMA)
+                        self._created = True
         except BaseException:
             db.close()
             raise
