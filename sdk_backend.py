@@ -238,19 +238,19 @@ class _Run:
         self.started = True
         self.stream = await model.respond_stream(chat, config=config, on_prompt_processing_progress=on_prompt)
         reasoning_tokens = 0
-        put = self.handoff.put
+        put_text = self.handoff.put_text
         async for fragment in self.stream:
             kind = fragment.reasoning_type
             if kind in REASONING_TYPES:
                 reasoning_tokens += fragment.tokens_count
             if kind == "reasoning":
                 self.received += len(fragment.content)
-                put(ReasoningDelta(fragment.content))
+                put_text(ReasoningDelta, fragment.content)
             elif kind == "none":
                 self.received += len(fragment.content)
-                put(TextDelta(fragment.content))
+                put_text(TextDelta, fragment.content)
         stats = self.stream.result().stats
-        put(Finished(Stats(
+        self.handoff.put(Finished(Stats(
             mode="SDK",
             model=model.identifier,
             tokens_per_second=stats.tokens_per_second,
@@ -350,11 +350,11 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
                     ended = True
                     raise item
                 yield item
-            # Read again a moment later, not at once: each wake-up of this loop from the SDK's thread costs a
-            # cross-thread call and a hand-over of the GIL, which, one per fragment, slowed a fast stream in a real
+            # Let texts gather a moment before the next batch: each wake-up of this loop from the SDK's thread costs
+            # a cross-thread call and a hand-over of the GIL, which, one per fragment, slowed a fast stream in a real
             # ComfyUI to 0.61x the raw SDK (`bench/bench_sdk.py --comfyui`). The view is redrawn 30 times a second:
-            # half a redraw tick is never seen.
-            await asyncio.sleep(HANDOFF_PAUSE_SECONDS)
+            # half a redraw tick is never seen. The end of the stream (or an error) cuts the rest short.
+            await handoff.rest(HANDOFF_PAUSE_SECONDS)
     finally:
         if not ended:
             # Closed early (Cancel, an idle timeout): LM Studio must be told to stop, then the run drains.

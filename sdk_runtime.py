@@ -33,13 +33,28 @@ T = TypeVar("T")
 ClientKey = tuple[str, str | None]  # (host:port, API token)
 
 
+class _Pieces:
+    """Consecutive texts of one kind, joined into one item when the batch is read."""
+
+    __slots__ = ("make", "parts")
+
+    def __init__(self, make: Callable[[str], Any], text: str) -> None:
+        self.make, self.parts = make, [text]
+
+
 class Handoff:
-    """Items from the SDK's loop to one run's loop, in order: one wake-up per batch, never one per fragment."""
+    """Items from the SDK's loop to one run's loop, in order, in batches: never one wake-up per fragment.
+
+    Texts gather (consecutive pieces of one kind become one item) and wake the run only when it waits for its next
+    batch, not while it rests between batches; any other item (progress, the end, an error) wakes it at once, so
+    the end of a stream is never held back by a rest.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._items: deque[Any] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._resting = False
         self._lock = threading.Lock()
 
     def put(self, item: Any) -> None:
@@ -47,6 +62,26 @@ class Handoff:
         with self._lock:
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
+        self._notify(waiter)
+
+    def put_text(self, make: Callable[[str], Any], text: str) -> None:
+        """Called on the SDK's loop, per fragment: texts of one kind in a row reach the run as one `make(joined)`.
+
+        The run then handles a few items a batch instead of one per token, and holds the GIL that much less while
+        the SDK's thread streams (the SDK's own work per fragment is what bounds the rate).
+        """
+        with self._lock:
+            last = self._items[-1] if self._items else None
+            if type(last) is _Pieces and last.make is make:
+                last.parts.append(text)
+            else:
+                self._items.append(_Pieces(make, text))
+            waiter = None
+            if not self._resting:
+                waiter, self._waiter = self._waiter, None
+        self._notify(waiter)
+
+    def _notify(self, waiter: asyncio.Future[None] | None) -> None:
         if waiter is not None:
             self._loop.call_soon_threadsafe(_wake, waiter)
 
@@ -61,7 +96,7 @@ class Handoff:
         while True:
             with self._lock:
                 if self._items:
-                    items = list(self._items)
+                    items = [i.make("".join(i.parts)) if type(i) is _Pieces else i for i in self._items]
                     self._items.clear()
                     return items
                 waiter = self._waiter = self._loop.create_future()
@@ -70,6 +105,24 @@ class Handoff:
                 await waiter
             finally:
                 timer.cancel()
+
+    async def rest(self, seconds: float) -> None:
+        """Called on the run's loop between batches: let texts gather for up to `seconds`; any other item (or one
+        already waiting) ends the rest at once."""
+        with self._lock:
+            if any(type(item) is not _Pieces for item in self._items):
+                return
+            self._resting = True
+            waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(seconds, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            with self._lock:
+                self._resting = False
+                if self._waiter is waiter:
+                    self._waiter = None
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

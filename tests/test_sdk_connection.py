@@ -342,3 +342,60 @@ async def test_the_handoff_times_out_when_nothing_arrives():
     handoff.put(1)
     handoff.put(2)
     assert await handoff.get_batch(1) == [1, 2]
+
+
+async def test_the_handoff_joins_texts_of_one_kind_in_a_row():
+    from lmstudio_pack.chat import ReasoningDelta, TextDelta
+    from lmstudio_pack.sdk_runtime import Handoff
+
+    handoff = Handoff(asyncio.get_running_loop())
+    for make, text in [(ReasoningDelta, "Let "), (ReasoningDelta, "me."), (TextDelta, "A"), (TextDelta, " red"),
+                       (TextDelta, " square.")]:
+        handoff.put_text(make, text)
+    handoff.put("end")
+    handoff.put_text(TextDelta, "after")
+    assert await handoff.get_batch(1) == [ReasoningDelta("Let me."), TextDelta("A red square."), "end",
+                                          TextDelta("after")]
+
+
+async def test_a_rest_lets_texts_gather_and_ends_at_once_for_anything_else():
+    """From the SDK's thread: texts during a rest wait for its end; the end of the stream cuts it short."""
+    import threading
+
+    from lmstudio_pack.chat import TextDelta
+    from lmstudio_pack.sdk_runtime import Handoff
+
+    loop = asyncio.get_running_loop()
+    handoff = Handoff(loop)
+    started = time.monotonic()
+    resting = asyncio.create_task(handoff.rest(0.3))
+    await asyncio.sleep(0.02)
+    writer = threading.Thread(target=lambda: [handoff.put_text(TextDelta, "t") for _ in range(100)])
+    writer.start()
+    writer.join()
+    await asyncio.sleep(0.05)
+    assert not resting.done()  # texts alone never wake a resting run
+    threading.Thread(target=handoff.put, args=("end",)).start()
+    await asyncio.wait_for(resting, 1)
+    assert time.monotonic() - started < 0.25
+    assert await handoff.get_batch(1) == [TextDelta("t" * 100), "end"]
+    # A rest with something other than text already waiting returns at once; a rest runs out by itself too.
+    handoff.put("progress")
+    await asyncio.wait_for(handoff.rest(10), 0.1)
+    await handoff.get_batch(1)
+    started = time.monotonic()
+    await handoff.rest(0.05)
+    assert 0.04 < time.monotonic() - started < 0.5
+
+
+async def test_cancel_during_a_rest_is_not_lost():
+    from lmstudio_pack.sdk_runtime import Handoff
+
+    handoff = Handoff(asyncio.get_running_loop())
+    task = asyncio.create_task(handoff.rest(10))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    handoff.put_text(str, "x")  # the run is not resting any more: a text wakes a reader again
+    assert await asyncio.wait_for(handoff.get_batch(1), 0.5) == ["x"]
