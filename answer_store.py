@@ -47,6 +47,7 @@ class Answer:
     text: str
     reasoning: str
     stats: Stats
+    response_id: str | None = None  # LM Studio's stored copy of the turn (native REST with `store`)
 
 
 def request_key(request: ChatRequest) -> str:
@@ -64,18 +65,21 @@ def request_key(request: ChatRequest) -> str:
             value = normalize_server_url(value)
         elif item.name == "images":
             value = [hashlib.sha256(jpeg).hexdigest() for jpeg in value]
+        elif item.name == "history":
+            value = [turn.identity() for turn in value]
         identity[item.name] = value
     canonical = json.dumps(identity, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _encode(answer: Answer) -> str:
-    return json.dumps({"text": answer.text, "reasoning": answer.reasoning, "stats": asdict(answer.stats)})
+    return json.dumps({"text": answer.text, "reasoning": answer.reasoning, "stats": asdict(answer.stats),
+                       "response_id": answer.response_id})
 
 
 def _decode(data: str) -> Answer:
     value = json.loads(data)
-    return Answer(str(value["text"]), str(value["reasoning"]), Stats(**value["stats"]))
+    return Answer(str(value["text"]), str(value["reasoning"]), Stats(**value["stats"]), value.get("response_id"))
 
 
 class AnswerStore:

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
 
+from .conversation import Turn
+
 DEFAULT_SERVER_URL = "http://127.0.0.1:1234"
 DEFAULT_CONNECT_TIMEOUT = 10.0
 # Idle, not total: a big model loading from disk can keep the first byte waiting for minutes, and the native
@@ -50,6 +52,9 @@ class ChatRequest:
     stop: tuple[str, ...] = ()  # stop strings (SDK, OpenAI-compatible)
     draft_model: str = ""  # speculative decoding's draft model key (SDK, OpenAI-compatible)
     context_length: int | None = None  # for a model this request makes LM Studio load (SDK, REST)
+    json_schema: dict[str, Any] | None = None  # structured output: the answer must be JSON matching it (SDK, OpenAI)
+    history: tuple[Turn, ...] = ()  # the chat's earlier turns, oldest first; `prompt` is the next one
+    store: bool = False  # native REST: keep this turn in LM Studio, for a later turn to continue from
     api_token: str | None = field(default=None, repr=False)
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
@@ -69,6 +74,8 @@ class ChatRequest:
             "seed": self.seed,
             "ttl_seconds": self.ttl_seconds,
             **self.settings(),
+            "json_schema": "set" if self.json_schema is not None else "none",
+            "earlier_turns": len(self.history),
             "api_token": "set" if self.api_token else "none",
         }
 
@@ -184,6 +191,7 @@ def _figure(value: float | None, spec: str = "", unit: str = "") -> str:
 @dataclass(frozen=True)
 class Finished:
     stats: Stats
+    response_id: str | None = None  # native REST with `store`: LM Studio's id of this turn, for the next one
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,39 @@ def context_kept(model: str, length: int | None, wanted: int) -> str:
             "in LM Studio, or set after_run = unload, and the next run loads it with yours.")
 
 
+def no_structured_output() -> LMStudioError:
+    return LMStudioError(
+        "json_schema needs the SDK or OpenAI-compatible mode: LM Studio's native REST API (/api/v1/chat) has no "
+        "structured output. Change connection_mode, or clear json_schema in LM Studio Chat Options."
+    )
+
+
+def chain_missing(turn: int) -> LMStudioError:
+    """A REST turn that continues a chat whose last turn LM Studio did not store."""
+    return LMStudioError(
+        f"The REST API mode continues a chat from LM Studio's stored copy of its last turn, and turn {turn} has none "
+        "(it ran in another mode, or failed). Set this node to SDK or OpenAI-compatible, which send the whole chat, "
+        "or run every turn of the chat in REST API mode."
+    )
+
+
+_CHAIN_GONE = ("previous_response_not_found", "history node", "previous response")
+
+
+def is_chain_gone(message: str) -> bool:
+    """LM Studio's words for "the stored turn `previous_response_id` names is gone"."""
+    lowered = message.lower()
+    return any(phrase in lowered for phrase in _CHAIN_GONE) or ("resp_" in lowered and "not found" in lowered)
+
+
+def chain_gone(detail: str) -> LMStudioError:
+    return LMStudioError(
+        f"LM Studio no longer has the earlier turn this chat continues from (\"{detail[:200]}\"): LM Studio restarted, "
+        "or forgot it. Queue the chat again from its first node (a new seed there), or set this node to SDK or "
+        "OpenAI-compatible, which send the whole chat and need nothing stored."
+    )
+
+
 def server_message(body: Any) -> tuple[str, str]:
     """(message, code) from error bodies: `{"error": {...}}`, `{"error": "..."}` or plain text."""
     error = body.get("error", body) if isinstance(body, dict) else body
@@ -347,6 +388,8 @@ def http_error(
         return not_vision_capable(model, who)
     if status < 500 and is_context_overflow(f"{message} {code}"):
         return context_overflow(message, who)
+    if is_chain_gone(f"{message} {code}"):
+        return chain_gone(message)
     if status == 404 and "/api/v1/" in url:
         return LMStudioError(
             f"{who} has no endpoint {url} (HTTP 404: {message[:200]}). The native REST API needs LM Studio 0.4.0 or "
@@ -371,4 +414,6 @@ def stream_error(error: Any, model: str, who: str = LMSTUDIO) -> LMStudioError:
         return auth_required(message)
     if is_context_overflow(f"{message} {code}"):
         return context_overflow(message, who)
+    if is_chain_gone(f"{message} {code}"):
+        return chain_gone(message)
     return LMStudioError(f"{who} reported an error: {message}", transient=True)

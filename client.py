@@ -13,10 +13,20 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from types import ModuleType
 
-from .chat import ChatRequest, ConnectionMode, LMStudioError, ModelInfo, StreamEvent
+from .chat import (
+    ChatRequest,
+    ConnectionMode,
+    Finished,
+    LMStudioError,
+    ModelInfo,
+    StreamEvent,
+    TextDelta,
+    no_structured_output,
+)
 from .http_common import list_models_http, parallel_slots_http, unload_http
 from .openai_backend import stream_openai
 from .rest_backend import stream_rest
+from .structured import check_answer
 
 
 def _sdk() -> ModuleType:
@@ -32,15 +42,25 @@ def _sdk() -> ModuleType:
 
 
 async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
-    """Stream one chat turn; raises `LMStudioError` with a human message on any failure."""
+    """Stream one chat turn; raises `LMStudioError` with a human message on any failure.
+
+    With a `json_schema`, the stream ends in an error rather than `Finished` unless the answer is JSON that matches it.
+    """
+    if request.json_schema is not None and request.mode is ConnectionMode.REST:
+        raise no_structured_output()  # before anything is sent
     if request.mode is ConnectionMode.SDK:
         events = _sdk().stream_sdk(request)
     elif request.mode is ConnectionMode.REST:
         events = stream_rest(request)
     else:
         events = stream_openai(request)
+    answer: list[str] = []
     async with aclosing(events):
         async for event in events:
+            if isinstance(event, TextDelta):
+                answer.append(event.text)
+            elif isinstance(event, Finished) and request.json_schema is not None:
+                check_answer("".join(answer), request.json_schema)
             yield event
 
 

@@ -30,6 +30,8 @@ from .chat import (
     unsent_settings,
 )
 from .client import list_models, parallel_slots, stream_chat, unload_model
+from .conversation import Conversation, Turn
+from .json_field_node import LMStudioJSONField
 from .list_run import CANCELLED, DONE, FAILED, QUEUED, RUNNING, ListRun, list_run, prompt_state
 from .options_node import (
     CATEGORY,
@@ -48,6 +50,8 @@ from .utils import MAX_BATCH_IMAGES, encode_images, normalize_server_url
 log = logging.getLogger("lmstudio_stream")
 
 STREAM_EVENT = "lmstudio.stream.update"
+CONVERSATION_TYPE = "LMSTUDIO_CONVERSATION"
+CONVERSATION_OUTPUT = 8  # the conversation output's index, as the prompt's links name it
 # One websocket message per tick at most (plus one more where reasoning turns into the answer): ~30 a second,
 # whatever the token rate. The same tick polls ComfyUI's interrupt flag, well inside the 100 ms budget.
 TICK_SECONDS = 1 / 30
@@ -79,6 +83,7 @@ class ItemChannel:
 
     def __init__(self, node_id: str, index: int, run: ListRun) -> None:
         self.node_id, self.index, self.run = node_id, index, run
+        self.turn = 1  # this call's turn of its chat
         self._server = PromptServer.instance
         self._client_id = self._server.client_id  # the browser tab that queued this prompt
         self._bar = ProgressBar(100, node_id=node_id)
@@ -349,7 +354,14 @@ class LMStudioStreamChat(io.ComfyNode):
                     "options",
                     optional=True,
                     tooltip="Rarely used settings from an LM Studio Chat Options node: image sending, error policy, "
-                    "reasoning, VRAM hand-back, list concurrency. Unconnected: the defaults.",
+                    "reasoning, VRAM hand-back, list concurrency, sampling, structured output. Unconnected: the "
+                    "defaults.",
+                ),
+                io.Custom(CONVERSATION_TYPE).Input(
+                    "conversation",
+                    optional=True,
+                    tooltip="Continue a chat: another LM Studio Chat node's conversation output. Its system prompt "
+                    "and every earlier turn (images too) go with this prompt. Unconnected: a new chat.",
                 ),
             ],
             outputs=[
@@ -363,6 +375,9 @@ class LMStudioStreamChat(io.ComfyNode):
                 io.Int.Output("input_tokens", display_name="input_tokens", tooltip="0 when unknown."),
                 io.Int.Output("output_tokens", display_name="output_tokens", tooltip="0 when unknown."),
                 io.Int.Output("reasoning_tokens", display_name="reasoning_tokens", tooltip="0 when unknown."),
+                io.Custom(CONVERSATION_TYPE).Output(
+                    "conversation", display_name="conversation", tooltip="The chat so far, this turn included, for "
+                    "the next LM Studio Chat node's conversation input. A failed turn is not part of it."),
             ],
             hidden=[io.Hidden.unique_id, io.Hidden.prompt],
             # An output node runs on its own: the answer shows on the node even with nothing connected downstream.
@@ -396,18 +411,23 @@ class LMStudioStreamChat(io.ComfyNode):
         seed: int = 0,
         more_images: dict | None = None,
         options: ChatOptions | None = None,
+        conversation: Conversation | None = None,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
         channel = _start_item(str(cls.hidden.unique_id))
         relay = StreamRelay(channel.send, channel.progress, channel.notice)
+        chat = _chat_so_far(conversation, system_prompt, channel)
+        mode = ConnectionMode(connection_mode)
         try:
             request = ChatRequest(
                 prompt=prompt,
                 server_url=server_url,
-                mode=ConnectionMode(connection_mode),
+                mode=mode,
                 model=model_id.strip(),
-                system_prompt=system_prompt,
+                system_prompt=chat.system_prompt,
                 images=await _encode(_images(image, more_images), options, channel),
+                history=chat.turns,
+                store=mode is ConnectionMode.REST and _continued(cls.hidden),
                 temperature=temperature,
                 max_tokens=max_tokens,
                 reasoning=options.reasoning,
@@ -423,7 +443,7 @@ class LMStudioStreamChat(io.ComfyNode):
                          request.describe())
             store = answer_store() if options.resume else None
             if store is not None and (answer := await store.lookup(request)) is not None:
-                return _resumed(answer, channel)
+                return _resumed(answer, channel, _turned(chat, request, answer))
             if options.free_comfy_vram:
                 _free_comfy_vram(channel)
             await _stream_item(request, options, relay, channel)
@@ -434,8 +454,9 @@ class LMStudioStreamChat(io.ComfyNode):
             _finish(channel, CANCELLED, "Stopped: another item failed")
             raise RuntimeError(str(exc)) from None
         except Exception as exc:  # the error policy decides; nothing is swallowed silently
-            return await _failed(exc, options, channel, relay, connection_mode, debug_mode)
-        answer = Answer("".join(relay.text), "".join(relay.reasoning), relay.stats or Stats(mode=connection_mode))
+            return await _failed(exc, options, channel, relay, connection_mode, debug_mode, chat)
+        answer = Answer("".join(relay.text), "".join(relay.reasoning), relay.stats or Stats(mode=connection_mode),
+                        relay.response_id)
         if store is not None:
             await store.keep(request, answer)
         summary = answer.stats.summary()
@@ -444,7 +465,31 @@ class LMStudioStreamChat(io.ComfyNode):
         if options.after_run == UNLOAD and answer.stats.model and not channel.run.active(besides=channel.index):
             await _unload(request, answer.stats.model, channel)
         _finish(channel, DONE)
-        return _output(channel, answer, summary)
+        return _output(channel, answer, summary, _turned(chat, request, answer))
+
+
+def _chat_so_far(conversation: Conversation | None, system_prompt: str, channel: ItemChannel) -> Conversation:
+    """The chat this turn continues, or a new one led by `system_prompt` (a chat keeps its first system prompt)."""
+    if not isinstance(conversation, Conversation):
+        return Conversation(system_prompt)
+    channel.turn = len(conversation.turns) + 1
+    channel.send("turn", str(channel.turn))
+    if system_prompt.strip() and system_prompt != conversation.system_prompt:
+        channel.notice("system prompt", "This node continues a chat, whose system prompt is its first turn's: "
+                       "system_prompt here is not used (LM Studio keeps one per chat). Say it in the prompt instead.")
+    return conversation
+
+
+def _turned(chat: Conversation, request: ChatRequest, answer: Answer) -> Conversation:
+    """The chat with this turn added; the request's image bytes are shared, not copied."""
+    return chat.then(Turn(request.prompt, request.images, answer.text, answer.response_id))
+
+
+def _continued(hidden) -> bool:
+    """Whether a node of the prompt takes this node's conversation output (a later turn continues from it)."""
+    node_id = str(hidden.unique_id)
+    return any(value == [node_id, CONVERSATION_OUTPUT] for node in (hidden.prompt or {}).values()
+               if isinstance(node, dict) for value in (node.get("inputs") or {}).values())
 
 
 def _images(image, more_images: dict | None) -> list:
@@ -487,7 +532,7 @@ def answer_store() -> AnswerStore:
 _stores: dict[str, AnswerStore] = {}
 
 
-def _resumed(answer: Answer, channel: ItemChannel) -> io.NodeOutput:
+def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> io.NodeOutput:
     """An item whose exact request was answered before: its answer again, at once, and a word on the node."""
     run = channel.run
     run.resumed += 1
@@ -502,14 +547,16 @@ def _resumed(answer: Answer, channel: ItemChannel) -> io.NodeOutput:
         notice = "This answer came back from an earlier run of the same request and seed; a new seed asks anew."
     channel.notice("resume", f"{notice} (resume in LM Studio Chat Options)", warn=False)
     _finish(channel, DONE)
-    return _output(channel, answer, summary)
+    return _output(channel, answer, summary, chat)
 
 
 async def _failed(
-    exc: Exception, options: ChatOptions, channel: ItemChannel, relay: StreamRelay, mode: str, debug_mode: bool
+    exc: Exception, options: ChatOptions, channel: ItemChannel, relay: StreamRelay, mode: str, debug_mode: bool,
+    chat: Conversation,
 ) -> io.NodeOutput:
     """Apply the error policy: stop the whole list, or go on with the error text as the answer of a single run and
-    an empty answer for a list item (which must not become the caption a dataset saves)."""
+    an empty answer for a list item (which must not become the caption a dataset saves). The chat goes on without
+    the failed turn."""
     human = isinstance(exc, LMStudioError)  # the pack's own explanations; anything else is a bug to report
     message = str(exc) if human else f"{type(exc).__name__}: {exc}"
     if debug_mode or not human:
@@ -523,7 +570,7 @@ async def _failed(
         raise RuntimeError(message) from exc
     in_list = await _in_list(channel)
     text = "" if in_list else f"Error: {message}"
-    return _output(channel, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}",
+    return _output(channel, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}", chat,
                    error=message)
 
 
@@ -552,7 +599,9 @@ async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> Non
         channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
-def _output(channel: ItemChannel, answer: Answer, summary: str, error: str = "") -> io.NodeOutput:
+def _output(
+    channel: ItemChannel, answer: Answer, summary: str, chat: Conversation, error: str = ""
+) -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
     # ComfyUI concatenates the items' `ui` lists in list order. It replaces what the stream drew, so it carries the
     # run's notices as they stood when this item finished.
@@ -561,6 +610,8 @@ def _output(channel: ItemChannel, answer: Answer, summary: str, error: str = "")
         entry["error"] = error
     if channel.run.notices:
         entry["notice"] = "\n".join(channel.run.notices.values())
+    if channel.turn > 1:
+        entry["turn"] = channel.turn
     ui = {"lmstudio": [entry]}
     stats = answer.stats
     figures = (
@@ -570,7 +621,7 @@ def _output(channel: ItemChannel, answer: Answer, summary: str, error: str = "")
         int(stats.output_tokens or 0),
         int(stats.reasoning_tokens or 0),
     )
-    return io.NodeOutput(answer.text, answer.reasoning, summary, *figures, ui=ui)
+    return io.NodeOutput(answer.text, answer.reasoning, summary, *figures, chat, ui=ui)
 
 
 @PromptServer.instance.routes.get("/lmstudio/models")
@@ -587,7 +638,7 @@ async def models_route(request: web.Request) -> web.Response:
 
 class LMStudioExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LMStudioStreamChat, LMStudioChatOptions]
+        return [LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField]
 
 
 async def comfy_entrypoint() -> LMStudioExtension:

@@ -28,17 +28,22 @@ from .utils import jpeg_data_uri
 ENDPOINT = "/v1/chat/completions"
 
 
+def user_message(prompt: str, images: tuple[bytes, ...]) -> dict[str, Any]:
+    if not images:
+        return {"role": "user", "content": prompt}
+    parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
+    parts += [{"type": "image_url", "image_url": {"url": jpeg_data_uri(jpeg)}} for jpeg in images]
+    return {"role": "user", "content": parts}
+
+
 def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
-    """The body of `POST /v1/chat/completions`."""
+    """The body of `POST /v1/chat/completions`: the whole chat, its earlier turns first."""
     messages: list[dict[str, Any]] = []
     if request.system_prompt:
         messages.append({"role": "system", "content": request.system_prompt})
-    if request.images:
-        parts: list[dict[str, Any]] = [{"type": "text", "text": request.prompt}]
-        parts += [{"type": "image_url", "image_url": {"url": jpeg_data_uri(jpeg)}} for jpeg in request.images]
-        messages.append({"role": "user", "content": parts})
-    else:
-        messages.append({"role": "user", "content": request.prompt})
+    for turn in request.history:
+        messages += [user_message(turn.prompt, turn.images), {"role": "assistant", "content": turn.answer}]
+    messages.append(user_message(request.prompt, request.images))
     payload: dict[str, Any] = {
         "model": model,
         "messages": messages,
@@ -60,6 +65,9 @@ def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["stop"] = list(request.stop)
     if request.draft_model:
         payload["draft_model"] = request.draft_model
+    if request.json_schema is not None:
+        payload["response_format"] = {"type": "json_schema",
+                                      "json_schema": {"name": "answer", "strict": True, "schema": request.json_schema}}
     return payload
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from .slots import DEFAULT_PARALLEL
+from .structured import parse_schema
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES
 
 CATEGORY = "LM Studio"  # both nodes' place in the node library
@@ -44,11 +45,14 @@ class ChatOptions:
     stop: str = ""
     draft_model: str = ""
     context_length: int = 0
+    json_schema: str = ""  # empty: a free answer
 
 
 def request_settings(options: ChatOptions) -> dict[str, Any]:
-    """The ChatRequest fields the options set; a setting left at its default is None (nothing sent)."""
+    """The ChatRequest fields the options set; a setting left at its default is None (nothing sent). A json_schema
+    that is not a JSON Schema is refused here, before anything is sent."""
     return {
+        "json_schema": parse_schema(options.json_schema),
         "top_p": None if options.top_p < 0 else options.top_p,
         "top_k": None if options.top_k < 0 else options.top_k,
         "min_p": None if options.min_p < 0 else options.min_p,
@@ -73,8 +77,8 @@ class LMStudioChatOptions(io.ComfyNode):
             display_name="LM Studio Chat Options",
             category=CATEGORY,
             description="Settings for LM Studio Chat that most runs leave alone: image sending, errors, reasoning, "
-            "VRAM, how many list items LM Studio works on at once, resume, sampling, stop strings, a draft model "
-            "and the context length. Connect to the chat node's options input.",
+            "VRAM, how many list items LM Studio works on at once, resume, sampling, stop strings, a draft model, "
+            "the context length and structured output. Connect to the chat node's options input.",
             inputs=[
                 io.Boolean.Input(
                     "send_all_images",
@@ -215,6 +219,16 @@ class LMStudioChatOptions(io.ComfyNode):
                     tooltip="Context length, in tokens, for a model this node makes LM Studio load (SDK and REST "
                     "API). A model already loaded keeps its length: the node says so; unload it (or after_run = "
                     "unload) to load it anew. Images take context too. 0: LM Studio's setting for the model.",
+                ),
+                io.String.Input(
+                    "json_schema",
+                    multiline=True,
+                    default="",
+                    tooltip="Structured output: a JSON Schema the answer must follow (e.g. {\"type\": \"object\", "
+                    "\"properties\": {\"positive\": {\"type\": \"string\"}}, \"required\": [\"positive\"]}). "
+                    "response_text is then that JSON document, checked against the schema; read its fields with LM "
+                    "Studio JSON Field. SDK and OpenAI-compatible modes (LM Studio's REST API has none). Empty: a "
+                    "free answer.",
                 ),
             ],
             outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],

@@ -26,6 +26,7 @@ class StreamRelay:
         self.text: list[str] = []
         self.reasoning: list[str] = []
         self.stats: Stats | None = None
+        self.response_id: str | None = None
 
     def add(self, event: StreamEvent) -> None:
         if isinstance(event, TextDelta):
@@ -37,13 +38,14 @@ class StreamRelay:
         elif isinstance(event, Progress):
             self._status = event
         elif isinstance(event, Finished):
-            self.stats = event.stats
+            self.stats, self.response_id = event.stats, event.response_id
         elif isinstance(event, Notice):
             self._notice(event.kind, event.text)
 
     def reset(self) -> None:
         """Forget a failed attempt before it is tried again; the browser is told to clear the item."""
         self._pending, self._status, self.text, self.reasoning, self.stats = [], None, [], [], None
+        self.response_id = None
         self.send("reset", "")
 
     def _queue(self, chunk_type: str, text: str) -> None:

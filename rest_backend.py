@@ -16,6 +16,7 @@ from .chat import (
     Stats,
     StreamEvent,
     TextDelta,
+    chain_missing,
     context_kept,
     stream_error,
 )
@@ -26,22 +27,26 @@ ENDPOINT = "/api/v1/chat"
 
 
 def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
-    """The body of `POST /api/v1/chat`."""
+    """The body of `POST /api/v1/chat`. A later turn of a chat continues LM Studio's stored copy of the one before
+    (`previous_response_id`): the native API takes no earlier answers."""
     if request.images:
         items = [{"type": "text", "content": request.prompt}]
         items += [{"type": "image", "data_url": jpeg_data_uri(jpeg)} for jpeg in request.images]
         chat_input: str | list[dict[str, str]] = items
     else:
         chat_input = request.prompt
-    # store=false: every run is self-contained; stored responses would pile up in LM Studio for nothing.
+    # `store` only for a turn a later turn continues: stored responses would pile up in LM Studio for nothing.
     payload: dict[str, Any] = {
         "model": model,
         "input": chat_input,
         "stream": True,
-        "store": False,
+        "store": request.store,
         "temperature": request.temperature,
     }
-    if request.system_prompt:
+    if request.history:
+        payload["previous_response_id"] = request.history[-1].response_id
+    elif request.system_prompt:
+        # The stored chat keeps its first system prompt; LM Studio refuses one on a later turn (0.4.20: HTTP 500).
         payload["system_prompt"] = request.system_prompt
     if request.max_tokens >= 0:
         payload["max_output_tokens"] = request.max_tokens
@@ -67,6 +72,8 @@ def rest_stats(result: dict[str, Any], mode: str) -> Stats:
 
 
 async def _events(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
+    if request.history and not request.history[-1].response_id:
+        raise chain_missing(len(request.history))
     model = await resolve_model(session, base, request)
     errors: list[Any] = []
     async for sse in sse_events(session, base, f"{base}{ENDPOINT}", rest_payload(request, model), request):
@@ -92,7 +99,7 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
             wanted = request.context_length
             if wanted and (length := await loaded_context(session, base, request, instance)) not in (None, wanted):
                 yield Notice("context", context_kept(instance, length, wanted))
-            yield Finished(rest_stats(result, request.mode.value))
+            yield Finished(rest_stats(result, request.mode.value), result.get("response_id"))
             return
     if errors:
         raise stream_error(errors[0], model)

@@ -222,12 +222,11 @@ class _Run:
         model = await self._model(client)
         if request.images and not (await model.get_info()).vision:
             raise not_vision_capable(model.identifier)
-        images = [
-            await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
-            for index, jpeg in enumerate(request.images)
-        ]
         chat = lms.Chat(request.system_prompt) if request.system_prompt else lms.Chat()
-        chat.add_user_message(request.prompt, images=images)
+        for turn in request.history:  # the whole chat: earlier turns with their images, then this one
+            chat.add_user_message(turn.prompt, images=await _upload(client, turn.images))
+            chat.add_assistant_response(turn.answer)
+        chat.add_user_message(request.prompt, images=await _upload(client, request.images))
         config = sdk_prediction_config(request)
 
         def on_prompt(fraction: float) -> None:
@@ -281,7 +280,15 @@ def sdk_prediction_config(request: ChatRequest) -> dict[str, Any]:
     for name, value in request.settings().items():
         if name in _SDK_NAMES:
             config[_SDK_NAMES[name]] = value
+    if request.json_schema is not None:
+        config["structured"] = {"type": "json", "jsonSchema": request.json_schema}
     return config
+
+
+async def _upload(client: Any, images: tuple[bytes, ...]) -> list[Any]:
+    """The SDK's file handles for JPEG bytes (a handle belongs to the connection, so each run uploads its own)."""
+    return [await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
+            for index, jpeg in enumerate(images)]
 
 
 def _explain(

@@ -155,7 +155,7 @@ async def main_comfyui(version: str) -> None:
                     raw_times.append(await median_time(raw, 1))
                     node_times.append(await node_in_comfyui(server, url, mode, next(seeds)))
                 raw_s, node_s = statistics.median(raw_times), statistics.median(node_times)
-                paired = statistics.median(r / n for r, n in zip(raw_times, node_times))
+                paired = statistics.median(r / n for r, n in zip(raw_times, node_times, strict=True))
                 print(f"  {mode:<18} node {node_s * 1000:6.0f} ms, raw {raw_s * 1000:6.0f} ms"
                       f"  -> {raw_s / node_s:.2f}x the raw rate (median of paired rounds {paired:.2f}x)")
     finally:

@@ -128,8 +128,10 @@ class FakeLMStudio:
     peak_in_flight: int = 0
     fail_prompts: dict[str, int] = field(default_factory=dict)  # prompt -> times to answer HTTP 500 first
     echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
+    answers: dict[str, str] = field(default_factory=dict)  # prompt -> the answer to give it (OpenAI-compatible)
     delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
     held: int | None = None  # predictions beyond this many wait in silence until `held` is set back to None
+    stored: set[str] = field(default_factory=set)  # native REST turns kept with `store` (LM Studio forgets on restart)
     requests: list[Recorded] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)  # the prompt of every prediction asked for, every dialect
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
@@ -205,10 +207,22 @@ class FakeLMStudio:
         await self._record(request)
         if not self.native_api:
             return self._unexpected(request)
-        self._load_for(self.requests[-1].body)
+        body = self.requests[-1].body
+        self._load_for(body)
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.stored:
+            # As LM Studio words it when a stored turn is gone (lmstudio-bug-tracker#1188).
+            return web.json_response({"error": {"type": "invalid_request", "message": f"Prediction history node "
+                                                f"with id '{previous}' not found while attempting to build chat "
+                                                "history chain that includes this node."}}, status=404)
         events = self.rest_events
         if self.echo:
-            events = rest_script(reasoning=[], text=["Answer to ", prompt_of(self.requests[-1].body)])
+            events = rest_script(reasoning=[], text=["Answer to ", prompt_of(body)])
+        if body.get("store", True):  # LM Studio's default is to store, with a `response_id` to continue from
+            response_id = f"resp_{len(self.stored) + 1:048x}"
+            self.stored.add(response_id)
+            name, end = events[-1]
+            events = [*events[:-1], (name, {**end, "result": {**end["result"], "response_id": response_id}})]
         return await self._stream(request, [self._frame(data, name) for name, data in events])
 
     def _load_for(self, body: Any) -> None:
@@ -221,8 +235,11 @@ class FakeLMStudio:
     async def _openai_chat(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
         chunks = self.openai_chunks
+        prompt = prompt_of(self.requests[-1].body)
         if self.echo:
-            chunks = openai_script(["Answer to ", prompt_of(self.requests[-1].body)])
+            chunks = openai_script(["Answer to ", prompt])
+        if prompt in self.answers:
+            chunks = openai_script([self.answers[prompt]])
         return await self._stream(request, [self._frame(chunk) for chunk in chunks])
 
     @contextlib.asynccontextmanager

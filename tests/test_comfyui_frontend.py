@@ -25,7 +25,7 @@ FRONTENDS = [("0.8.0", None, "1.35.9"), ("0.33.0", None, "1.49.6"), ("0.33.0", "
 RENDERERS = ("classic", "nodes2")
 FIXTURES = Path(__file__).resolve().parent / "js" / "fixtures"
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
-VIEW_MIN = 160  # what classic nodes give the view at the default size
+VIEW_MIN = 148  # what classic nodes give the view at the default size
 
 # Page helpers, defined once per page load.
 HELPERS = """

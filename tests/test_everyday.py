@@ -204,7 +204,7 @@ def test_seed_changes_re_run_the_node_and_fixed_inputs_use_the_cache():
 
 
 async def test_typed_statistics_outputs(lmstudio, comfy):
-    _, _, summary, tps, ttft, inputs, outputs, reasoning = (await run(lmstudio.url, "REST API")).args
+    _, _, summary, tps, ttft, inputs, outputs, reasoning, _ = (await run(lmstudio.url, "REST API")).args
     assert (tps, ttft, inputs, outputs, reasoning) == (51.04, 0.812, 17, 50, 12)
     assert isinstance(tps, float) and isinstance(inputs, int)
     assert summary.startswith("tokens/s: 51.0 | TTFT: 0.81 s")
@@ -212,13 +212,13 @@ async def test_typed_statistics_outputs(lmstudio, comfy):
 
 async def test_unknown_figures_are_zero_and_na(lmstudio, comfy):
     lmstudio.openai_chunks = openai_script(["Hi"], usage=False)
-    _, _, summary, tps, ttft, inputs, outputs, reasoning = (await run(lmstudio.url, "OpenAI-compatible")).args
+    _, _, summary, tps, ttft, inputs, outputs, reasoning, _ = (await run(lmstudio.url, "OpenAI-compatible")).args
     assert (tps, inputs, outputs, reasoning) == (0.0, 0, 0, 0) and ttft > 0
     assert "tokens/s: n/a" in summary and "input tokens: n/a" in summary and "output tokens: n/a" in summary
 
 
 async def test_errors_give_zero_figures(comfy, free_port):
-    assert (await run(f"http://127.0.0.1:{free_port}")).args[3:] == (0.0, 0.0, 0, 0, 0)
+    assert (await run(f"http://127.0.0.1:{free_port}")).args[3:8] == (0.0, 0.0, 0, 0, 0)
 
 
 async def test_stream_chat_stays_usable_without_comfyui_concepts(lmstudio):

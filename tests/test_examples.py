@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from lmstudio_pack.json_field_node import LMStudioJSONField
 from lmstudio_pack.node import LMStudioStreamChat
 from lmstudio_pack.options_node import LMStudioChatOptions
+from lmstudio_pack.structured import parse_schema
+
+OURS = {node.GET_SCHEMA().node_id: node for node in (LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField)}
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
 
@@ -28,6 +32,7 @@ CORE = {
     "LoadImageDataSetFromFolder": ({}, [("images", "IMAGE")], 1),
     "SaveImageTextDataSetToFolder": ({"images": "IMAGE", "texts": "STRING"}, [], 3),
     "RebatchImages": ({"images": "IMAGE"}, [("IMAGE", "IMAGE")], 1),
+    "PreviewAny": ({"source": "*"}, [], 0),  # comfy_extras/nodes_preview_any.py: "Preview as Text"
 }
 
 
@@ -39,14 +44,38 @@ def our_layout(node_class=LMStudioStreamChat):
     schema = node_class.GET_SCHEMA()
     inputs = {i.id: i.io_type.replace("COMBO", "STRING") for i in schema.inputs}
     outputs = [(o.id, o.io_type) for o in schema.outputs]
-    widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES]
+    widgets = [i for i in schema.inputs if i.io_type in WIDGET_TYPES and not getattr(i, "force_input", False)]
     return inputs, outputs, widgets
 
 
 def test_the_examples():
     assert [p.name for p in EXAMPLES] == ["caption_an_image.json", "caption_dataset_for_lora.json",
-                                          "generate_then_caption.json", "refine_prompt_for_sdxl.json",
+                                          "describe_then_prompt_in_three_turns.json", "generate_then_caption.json",
+                                          "image_to_prompt_parts_json.json", "refine_prompt_for_sdxl.json",
                                           "sdxl_batch_captions.json"]
+
+
+def test_the_json_example_reads_three_fields_of_a_schema_into_clip():
+    workflow = json.loads((EXAMPLES[4]).read_text())
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    options = next(n for n in nodes.values() if n["type"] == "LMStudioChatOptions")["widgets_values"]
+    names = [i.id for i in LMStudioChatOptions.GET_SCHEMA().inputs]
+    schema = parse_schema(options[names.index("json_schema")])
+    assert schema is not None and schema["required"] == ["positive", "negative", "style"]
+    fields = {n["widgets_values"][0]: n["id"] for n in nodes.values() if n["type"] == "LMStudioJSONField"}
+    into = {(nodes[src]["type"], nodes[dst]["type"]) for _, src, _, dst, _, _ in workflow["links"]
+            if src in fields.values()}
+    assert set(fields) == {"positive", "negative", "style"}
+    assert into == {("LMStudioJSONField", "CLIPTextEncode"), ("LMStudioJSONField", "PreviewAny")}
+    assert sum(1 for _, src, _, dst, _, _ in workflow["links"]
+               if src in fields.values() and nodes[dst]["type"] == "CLIPTextEncode") == 2
+
+
+def test_the_chat_example_chains_three_turns():
+    workflow = json.loads((EXAMPLES[2]).read_text())
+    chats = [n for n in workflow["nodes"] if n["type"] == "LMStudioStreamChat"]
+    chained = [(src, dst) for _, src, slot, dst, _, kind in workflow["links"] if kind == "LMSTUDIO_CONVERSATION"]
+    assert len(chats) == 3 and chained == [(chats[0]["id"], chats[1]["id"]), (chats[1]["id"], chats[2]["id"])]
 
 
 def test_list_examples_caption_every_image():
@@ -61,7 +90,7 @@ def test_list_examples_caption_every_image():
     options = next(n for n in dataset["nodes"] if n["type"] == "LMStudioChatOptions")["widgets_values"]
     names = [i.id for i in LMStudioChatOptions.GET_SCHEMA().inputs]
     assert options[names.index("on_error")] == "raise" and options[names.index("resume")] is True
-    batch = json.loads((EXAMPLES[4]).read_text())
+    batch = json.loads((EXAMPLES[6]).read_text())
     by_type = {n["type"]: n for n in batch["nodes"]}
     assert by_type["EmptyLatentImage"]["widgets_values"][2] == 4 and by_type["RebatchImages"]["widgets_values"] == [1]
 
@@ -76,16 +105,16 @@ def test_example_is_a_consistent_workflow(path):
     for link_id, src, slot, dst, dst_slot, link_type in workflow["links"]:
         assert link_id in (nodes[src]["outputs"][slot]["links"] or [])
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
-        assert nodes[src]["outputs"][slot]["type"] == link_type == nodes[dst]["inputs"][dst_slot]["type"]
+        assert nodes[src]["outputs"][slot]["type"] == link_type
+        assert nodes[dst]["inputs"][dst_slot]["type"] in (link_type, "*")  # "*": an input of any type
     assert any(n["type"] == "LMStudioStreamChat" for n in nodes.values())
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_nodes_fit_their_schemas(path):
     for node in json.loads(path.read_text())["nodes"]:
-        if node["type"] in ("LMStudioStreamChat", "LMStudioChatOptions"):
-            node_class = LMStudioStreamChat if node["type"] == "LMStudioStreamChat" else LMStudioChatOptions
-            inputs, outputs, our_widgets = our_layout(node_class)
+        if node["type"] in OURS:
+            inputs, outputs, our_widgets = our_layout(OURS[node["type"]])
             values = node["widgets_values"]
             expected = sum(2 if getattr(w, "control_after_generate", None) else 1 for w in our_widgets)
             assert len(values) == expected

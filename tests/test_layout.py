@@ -1,7 +1,8 @@
 """The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
 
-    node.py / options_node.py / cli.py -> client.py -> rest_backend / openai_backend / sdk_backend
-      -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run -> chat
+    node.py / options_node.py / json_field_node.py / cli.py -> client.py -> rest_backend / openai_backend /
+      sdk_backend -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run, structured
+      -> chat -> conversation
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 # Each module may import only modules of a lower layer.
 LAYERS = {
-    "chat": 0,
-    "utils": 1, "sse": 1, "slots": 1, "list_run": 1,
-    "http_common": 2, "sdk_runtime": 2, "relay": 2, "answer_store": 2,
-    "rest_backend": 3, "openai_backend": 3, "sdk_backend": 3,
-    "client": 4,
-    "options_node": 5,
-    "node": 6, "cli": 6,
-    "__init__": 7,
+    "conversation": 0,
+    "chat": 1,
+    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2,
+    "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3,
+    "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4,
+    "client": 5,
+    "options_node": 6,
+    "json_field_node": 7,
+    "node": 8, "cli": 8,
+    "__init__": 9,
 }
 COMFY = ("comfy", "comfy_api", "comfy_execution", "server", "nodes", "execution", "folder_paths")
 
@@ -78,7 +81,7 @@ def test_no_import_cycle():
 
 def test_only_the_node_modules_import_comfyui():
     for name in MODULES:
-        if name not in ("node", "options_node", "__init__"):
+        if name not in ("node", "options_node", "json_field_node", "__init__"):
             assert not absolute_imports(name) & set(COMFY), name
 
 

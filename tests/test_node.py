@@ -14,7 +14,8 @@ import torch
 import lmstudio_pack
 from chat_node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 from fake_lmstudio import MODEL, openai_script, rest_script
-from lmstudio_pack.node import LMStudioStreamChat
+from lmstudio_pack.json_field_node import LMStudioJSONField
+from lmstudio_pack.node import CONVERSATION_TYPE, LMStudioStreamChat
 from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOptions
 
 # ------------------------------------------------------------------------------------------ registration
@@ -22,7 +23,7 @@ from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOp
 
 async def test_extension_lists_the_node_and_exports_no_v1_mappings():
     extension = await lmstudio_pack.comfy_entrypoint()
-    assert await extension.get_node_list() == [LMStudioStreamChat, LMStudioChatOptions]
+    assert await extension.get_node_list() == [LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField]
     assert lmstudio_pack.WEB_DIRECTORY == "./web"
     assert not hasattr(lmstudio_pack, "NODE_CLASS_MAPPINGS")
 
@@ -43,16 +44,17 @@ def test_schema_contract():
     assert (by_id["max_tokens"].default, by_id["max_tokens"].min) == (-1, -1)
     assert by_id["prompt"].multiline
     for extra in schema.inputs[len(required):]:
-        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE, "COMFY_AUTOGROW_V3")
-                                   or extra.default is not None), extra.id
+        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE, "COMFY_AUTOGROW_V3",
+                                                     CONVERSATION_TYPE) or extra.default is not None), extra.id
     for item in schema.inputs:
         assert item.tooltip, item.id
     assert [(o.id, o.io_type) for o in schema.outputs] == [
         ("response_text", "STRING"), ("reasoning_text", "STRING"), ("statistics", "STRING"),
         ("tokens_per_second", "FLOAT"), ("time_to_first_token", "FLOAT"), ("input_tokens", "INT"),
-        ("output_tokens", "INT"), ("reasoning_tokens", "INT")]
+        ("output_tokens", "INT"), ("reasoning_tokens", "INT"), ("conversation", CONVERSATION_TYPE)]
+    # New inputs come last, so saved workflows keep every earlier socket where it was.
     assert [i.id for i in schema.inputs[len(required):]] == ["image", "system_prompt", "seed", "more_images",
-                                                             "options"]
+                                                             "options", "conversation"]
     # Seven more image sockets, lazy like `image`: eight images in one message at most.
     more = by_id["more_images"].template
     assert more.names == [f"image_{n}" for n in range(2, 9)] and more.min == 1 and more.input.lazy

@@ -157,7 +157,7 @@ async def test_the_node_gives_the_same_outputs_and_events_as_against_the_stand_i
     assert real_shape == shape() == ["clear", "text", "stats", "done"]
     text = real.args[0]
     assert text and text == "".join(c for k, c in real_events if k == "text")
-    assert len(real.args) == len(stand_in.args) == 8
+    assert len(real.args) == len(stand_in.args) == 9
     assert f"mode: OpenAI-compatible | model: {ALIAS}" in real.args[2]
     assert real.args[3] > 0 and real.args[5] > 0 and real.args[6] > 0  # tokens/s, input and output tokens
     assert real.ui["lmstudio"][0]["text"] == text

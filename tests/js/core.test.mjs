@@ -8,6 +8,7 @@ import {
   createFrameScheduler,
   createState,
   findNode,
+  headline,
   isNearBottom,
   listSummary,
   parseExecutionId,
@@ -320,4 +321,20 @@ test("the executed output keeps the run's notices: the last item's word stands",
   });
   assert.equal(state.notice, "2 of 3 answers came back finished");
   assert.equal(stateFromExecuted({ lmstudio: [{ text: "A", stats: "s" }] }).notice, "");
+});
+
+test("a turn of a chat says which, in the line above the panes, live and from the executed output", () => {
+  const state = createState();
+  applyUpdate(state, "clear", "", 0, 1);
+  assert.equal(headline(state), "");
+  applyUpdate(state, "turn", "3", 0, 1);
+  assert.equal(headline(state), "turn 3 of the chat");
+  applyUpdate(state, "clear", "", 1, 2);
+  applyUpdate(state, "item", "running", 1, 2);
+  assert.match(headline(state), /^turn 3 of the chat · item 2 of 2/);
+  applyUpdate(state, "clear", "", 0, 1); // the next run starts a new chat
+  assert.equal(headline(state), "");
+  const cached = stateFromExecuted({ lmstudio: [{ index: 0, text: "A", stats: "s", turn: 2 }] });
+  assert.equal(headline(cached), "turn 2 of the chat");
+  assert.equal(headline(stateFromExecuted({ lmstudio: [{ text: "A", stats: "s" }] })), "");
 });

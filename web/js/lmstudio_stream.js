@@ -13,8 +13,8 @@ import {
   createFrameScheduler,
   createState,
   findNode,
+  headline,
   isNearBottom,
-  listSummary,
   migrateWorkflow,
   modelsRoute,
   pickItem,
@@ -26,9 +26,10 @@ import {
 } from "./lmstudio_stream_core.js";
 
 const WIDGET_TYPE = "lmstudio_stream_view";
-// What the view asks for. Classic nodes draw a DOM widget 10 px inside its slot, top and bottom (160 px of view);
-// Nodes 2.0 draws it with no margin, so the same figure there is never less than classic nodes give.
-const MIN_HEIGHT = 180;
+// What the view asks for. Classic nodes draw a DOM widget 10 px inside its slot, top and bottom (148 px of view);
+// Nodes 2.0 draws it with no margin, so the same figure there is never less than classic nodes give. 168: a fresh
+// node (nine outputs since the conversation output) still shows its whole view on a 768-pixel screen.
+const MIN_HEIGHT = 168;
 // The frontend gives a multiline widget one line (~30 px) when the node is laid out at its smallest; the prompt is
 // what people write, so it gets at least three lines.
 const PROMPT_LINES = 3;
@@ -165,7 +166,7 @@ function createView() {
   let state = createState();
   const draw = () => {
     const item = visibleItem(state);
-    list.textContent = listSummary(state);
+    list.textContent = headline(state);
     root.classList.toggle("lms-listmode", state.count > 1);
     notice.textContent = state.notice;
     status.textContent = item.status;

@@ -14,11 +14,11 @@ export function createItem() {
  * chose it (`pinned`), the list's length so far and a notice for the whole run.
  */
 export function createState() {
-  return { items: new Map(), count: 0, focus: 0, pinned: false, running: false, notice: "" };
+  return { items: new Map(), count: 0, focus: 0, pinned: false, running: false, notice: "", turn: 1 };
 }
 
 const CHUNK_TYPES = new Set(["clear", "reset", "item", "reasoning", "text", "status", "stats", "error", "notice",
-                             "done"]);
+                             "turn", "done"]);
 
 /**
  * Apply one `lmstudio.stream.update` chunk to `state`. `index` and `count` name the list item (absent from
@@ -66,6 +66,9 @@ export function applyUpdate(state, chunkType, content, index = 0, count = 1) {
     case "notice":
       state.notice = value;
       break;
+    case "turn": // this run continues a chat: which turn of it
+      state.turn = Number.parseInt(value, 10) || 1;
+      break;
     case "done":
       item.done = true;
       if (item.status !== "Cancelled") item.status = "";
@@ -110,6 +113,11 @@ export function listSummary(state) {
   return parts.join(" · ");
 }
 
+/** The line above the panes: which turn of a chat ("turn 2 of the chat") and the list's summary, as they apply. */
+export function headline(state) {
+  return [state.turn > 1 ? `turn ${state.turn} of the chat` : "", listSummary(state)].filter(Boolean).join(" · ");
+}
+
 /** The list's finished answers, in list order, for the answers pane: [{index, label, text, failed}]. */
 export function answerList(state) {
   if (state.count <= 1) return [];
@@ -152,6 +160,7 @@ export function stateFromExecuted(output) {
   // Each item carries the run's notices as they stood when it finished: the latest word is the one to show.
   const notices = entries.map((entry) => entry.notice).filter((notice) => typeof notice === "string" && notice);
   state.notice = notices.length ? notices[notices.length - 1] : "";
+  state.turn = Math.max(1, ...entries.map((entry) => (Number.isInteger(entry.turn) ? entry.turn : 1)));
   return state;
 }
 
