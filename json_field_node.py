@@ -9,6 +9,7 @@ from typing import Any
 from comfy_api.latest import io
 
 from .options_node import CATEGORY
+from .prompt_graph import linked_outputs
 from .structured import as_bool, as_float, as_int, as_string, read_field
 
 # The outputs in order, each with what an unlinked one gives (it is never converted, so it never fails).
@@ -48,16 +49,10 @@ class LMStudioJSONField(io.ComfyNode):
     @classmethod
     def execute(cls, json: str, path: str) -> io.NodeOutput:
         value = read_field(json, path)
-        linked = _linked_outputs(cls.hidden.prompt, str(cls.hidden.unique_id))
+        # Without a prompt to tell (a caller of its own), every output is made.
+        prompt = cls.hidden.prompt
+        linked = linked_outputs(prompt, str(cls.hidden.unique_id)) if prompt else set(range(len(_OUTPUTS)))
         # Only a linked output is converted: a text field feeding CLIP Text Encode must not fail for want of a number.
         return io.NodeOutput(*(convert(value, path) if index in linked else unlinked
                                for index, (_, convert, unlinked) in enumerate(_OUTPUTS)))
 
-
-def _linked_outputs(prompt: dict | None, node_id: str) -> set[int]:
-    """The indices of this node's outputs that some node of the prompt takes (all of them when unknown)."""
-    if not prompt:
-        return set(range(len(_OUTPUTS)))
-    return {value[1] for node in prompt.values() if isinstance(node, dict)
-            for value in (node.get("inputs") or {}).values()
-            if isinstance(value, list) and len(value) == 2 and str(value[0]) == node_id and isinstance(value[1], int)}

@@ -43,6 +43,7 @@ from .options_node import (
     LMStudioChatOptions,
     request_settings,
 )
+from .prompt_graph import input_linked, linked_outputs
 from .relay import StreamRelay
 from .slots import SlotPool, pool_for
 from .utils import MAX_BATCH_IMAGES, encode_images, normalize_server_url
@@ -347,7 +348,10 @@ class LMStudioStreamChat(io.ComfyNode):
                         io.Image.Input("image", lazy=True, tooltip="One more image (of a batch, what `image`'s "
                                        "send_all_images says is sent)."),
                         names=list(MORE_IMAGES),
-                        min=1,
+                        # None required: 0.33.0 makes the first `min` sockets required inputs (an optional template
+                        # would avoid it there, but 0.8.0 reads only a required one). Frontends before 1.47 show no
+                        # socket for such a group; the pack's JavaScript gives them the first one.
+                        min=0,
                     ),
                 ),
                 io.Custom(OPTIONS_TYPE).Input(
@@ -386,7 +390,8 @@ class LMStudioStreamChat(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, image=None, more_images=None, **kwargs) -> list[str]:
-        needed = ["image"] if image is None and _image_linked(cls.hidden) else []
+        linked = input_linked(cls.hidden.prompt, str(cls.hidden.unique_id), "image")
+        needed = ["image"] if image is None and linked else []
         # ComfyUI hands each linked further image as (value, its input's key) here, None while not evaluated; 0.33.0
         # hands the group itself that way too when nothing is linked to it: ({}, "more_images").
         if isinstance(more_images, tuple):
@@ -487,9 +492,7 @@ def _turned(chat: Conversation, request: ChatRequest, answer: Answer) -> Convers
 
 def _continued(hidden) -> bool:
     """Whether a node of the prompt takes this node's conversation output (a later turn continues from it)."""
-    node_id = str(hidden.unique_id)
-    return any(value == [node_id, CONVERSATION_OUTPUT] for node in (hidden.prompt or {}).values()
-               if isinstance(node, dict) for value in (node.get("inputs") or {}).values())
+    return CONVERSATION_OUTPUT in linked_outputs(hidden.prompt, str(hidden.unique_id))
 
 
 def _images(image, more_images: dict | None) -> list:
@@ -497,11 +500,6 @@ def _images(image, more_images: dict | None) -> list:
     more = [(more_images or {}).get(name) for name in MORE_IMAGES]
     return [each for each in (image, *more) if each is not None]
 
-
-def _image_linked(hidden) -> bool:
-    """True when the workflow links something to `image` (an unlinked optional input is simply absent)."""
-    node = (hidden.prompt or {}).get(str(hidden.unique_id)) or {}
-    return isinstance(node.get("inputs", {}).get("image"), list)
 
 
 def _start_item(node_id: str) -> ItemChannel:

@@ -189,7 +189,10 @@ async def test_a_streamed_run_keeps_reasoning_and_answer_apart(ui, lmstudio):
     await keep_picture(ui, "streaming")
     done = await ui.evaluate("""(async () => {
         await T.until(() => T.text(__node, ".lms-stats").includes("tokens/s"));
-        await T.frames(2);
+        // The canvas panned up, as a person scrolls to the foot of a tall node: every part of the view on screen.
+        app.canvas.ds.offset = [0, -200];
+        app.canvas.setDirty(true, true);
+        await T.frames(6);
         const pane = T.view(__node).querySelector(".lms-answer");
         return {stats: T.text(__node, ".lms-stats"), answer: pane.textContent, parts: T.parts(__node),
                 followed: pane.scrollHeight - pane.scrollTop - pane.clientHeight < 4,
@@ -310,9 +313,9 @@ async def test_further_image_sockets_grow_as_images_are_linked(ui, lmstudio):
         return {fresh, grown: sockets(), above: names.indexOf("lmstudio_stream"), parts: T.parts(__node)};
     })()""")
     further = [name for name in shown["grown"] if "image_" in name]
-    # The first further socket (`min=1`: 1.35.9 shows no socket at all for a group of none); 1.47+ add a free one.
-    assert [name for name in shown["fresh"] if "image_" in name][:1] == ["more_images.image_2"], shown
-    assert len([name for name in shown["fresh"] if "image_" in name]) <= 2, shown
+    # One free socket, beside `image` (1.35.9 shows none for a group that needs none: the pack adds it there).
+    assert shown["fresh"][:2] == ["image", "more_images.image_2"], shown
+    assert [name for name in shown["fresh"] if "image_" in name] == ["more_images.image_2"], shown
     assert further == ["more_images.image_2", "more_images.image_3", "more_images.image_4"], shown
     assert shown["above"] <= 12, shown
     await keep_picture(ui, "images")
@@ -321,6 +324,33 @@ async def test_further_image_sockets_grow_as_images_are_linked(ui, lmstudio):
     from test_comfyui_server import image_sizes
 
     assert image_sizes(lmstudio.chat_requests()[-1].body) == [(64, 32), (20, 40), (24, 24)]
+
+
+async def test_a_chained_turn_says_which_turn_it_streams(ui, lmstudio):
+    """Two chat nodes, the second continuing the first's conversation: its view says "turn 2 of the chat"."""
+    lmstudio.echo = True
+    await chat_node(ui, lmstudio, pos=(40, 60))
+    shown = await ui.evaluate(f"""(async () => {{
+        const first = __node;
+        const second = await T.add("LMStudioStreamChat", [480, 60]);
+        const values = [["server_url", {json.dumps(lmstudio.url)}], ["model_id", {json.dumps(MODEL)}],
+                        ["connection_mode", "REST API"], ["prompt", "Shorten it"]];
+        for (const [name, value] of values) T.set(second, name, value);
+        first.connect(first.outputs.findIndex((o) => o.name === "conversation"), second,
+                      second.inputs.findIndex((i) => i.name === "conversation"));
+        await T.frames(4);
+        app.queuePrompt(0, 1);
+        await T.until(() => T.text(second, ".lms-stats").includes("tokens/s"));
+        await T.frames(2);
+        window.__node = second;
+        return {{first: T.text(first, ".lms-list"), second: T.text(second, ".lms-list"),
+                 answer: T.text(second, ".lms-answer"), parts: T.parts(second)}};
+    }})()""")
+    assert shown["first"] == "" and shown["second"] == "turn 2 of the chat", shown
+    assert shown["answer"] == "Answer to Shorten it" and not overlaps(shown["parts"]), shown
+    body = lmstudio.chat_requests()[-1].body
+    assert body["previous_response_id"] in lmstudio.stored
+    await keep_picture(ui, "turn")
 
 
 async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lmstudio):

@@ -187,7 +187,7 @@ def resume_notices(run: real_comfyui.Run) -> list[str]:
 
 async def test_a_cancelled_list_queued_again_generates_only_the_rest(comfyui, lmstudio):
     lmstudio.echo = True
-    lmstudio.event_delay = 0.1
+    lmstudio.sdk.fragment_delay = 0.1  # SDK mode: two fragments an item, so Cancel meets a list far from done
     folder = dataset(comfyui, 8)
     prompt = dataset_prompt(comfyui, lmstudio.url, folder, "SDK", seed=8080, options=["4", 0])
     prompt["4"] = options_node(max_parallel=2)
@@ -201,7 +201,7 @@ async def test_a_cancelled_list_queued_again_generates_only_the_rest(comfyui, lm
     finished = finished_items(first)
     assert 3 <= len(finished) < 8
     lmstudio.predictions.clear()
-    lmstudio.event_delay = 0.0
+    lmstudio.sdk.fragment_delay = 0.0
 
     again = await comfyui.run(prompt, timeout=120)
     assert again.outcome == "execution_success", (again.error, comfyui.log()[-2000:])
@@ -303,3 +303,50 @@ async def test_a_dataset_list_gets_the_same_further_image_on_every_item(comfyui,
     assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
     sizes = sorted(image_sizes(r.body) for r in lmstudio.chat_requests())
     assert sizes == [[(32 + i, 24), (16, 48)] for i in range(3)]
+
+
+def executed(run: real_comfyui.Run, node_id: str) -> dict:
+    return next(m["output"] for m in run.of("executed") if m["node"] == node_id)
+
+
+async def test_a_json_answer_feeds_the_json_field_node(comfyui, lmstudio):
+    schema = {"type": "object", "properties": {"positive": {"type": "string"}, "count": {"type": "integer"}},
+              "required": ["positive", "count"]}
+    lmstudio.openai_chunks = openai_script(['{"positive": "a red', ' fox", "count": 3}'])
+    prompt = {"1": chat(lmstudio.url, "OpenAI-compatible", options=["2", 0]),
+              "2": options_node(json_schema=json.dumps(schema)),
+              "3": {"class_type": "LMStudioJSONField", "inputs": {"json": ["1", 0], "path": "positive"}},
+              "4": {"class_type": "PreviewAny", "inputs": {"source": ["3", 0]}},
+              "5": {"class_type": "LMStudioJSONField", "inputs": {"json": ["1", 0], "path": "count"}},
+              "6": {"class_type": "PreviewAny", "inputs": {"source": ["5", 1]}}}
+    run = await comfyui.run(prompt)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    assert executed(run, "4")["text"] == ["a red fox"] and executed(run, "6")["text"] == ["3"]
+    assert lmstudio.chat_requests()[-1].body["response_format"]["json_schema"]["schema"] == schema
+    prompt["3"]["inputs"]["path"] = "subject"
+    bad = await comfyui.run(prompt)
+    assert bad.outcome == "execution_error" and bad.error["node_id"] == "3"
+    assert bad.error["exception_message"].startswith("No field 'subject' in the document; its fields: 'positive'")
+
+
+async def test_chained_turns_run_again_when_an_earlier_turn_changes(comfyui, lmstudio):
+    """REST API mode: turn 1 is stored in LM Studio (a later node continues it), turn 2 continues from it; ComfyUI's
+    cache keeps both until turn 1 changes, which runs turn 2 again too."""
+    lmstudio.echo = True
+    prompt = {"1": chat(lmstudio.url, prompt="Describe a fox", seed=77),
+              "2": chat(lmstudio.url, prompt="Shorten it", seed=77, conversation=["1", 8])}
+    first = await comfyui.run(prompt)
+    assert first.outcome == "execution_success", (first.error, comfyui.log()[-2000:])
+    one, two = [r.body for r in lmstudio.chat_requests()[-2:]]
+    assert (one["input"], one["store"]) == ("Describe a fox", True) and two["store"] is False
+    assert two["previous_response_id"] in lmstudio.stored and two["input"] == "Shorten it"
+    assert executed(first, "2")["lmstudio"][0]["turn"] == 2
+    assert [u["content"] for u in first.stream("turn") if u["node_id"] == "2"] == ["2"]
+    sent = len(lmstudio.chat_requests())
+    again = await comfyui.run(prompt)
+    assert again.outcome == "execution_success" and len(lmstudio.chat_requests()) == sent  # ComfyUI's cache
+    prompt["1"]["inputs"]["prompt"] = "Describe a wolf"
+    changed = await comfyui.run(prompt)
+    assert changed.outcome == "execution_success", (changed.error, comfyui.log()[-2000:])
+    assert [r.body["input"] for r in lmstudio.chat_requests()[sent:]] == ["Describe a wolf", "Shorten it"]
+    assert executed(changed, "2")["lmstudio"][0]["text"] == "Answer to Shorten it"

@@ -16,7 +16,7 @@ MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 LAYERS = {
     "conversation": 0,
     "chat": 1,
-    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2,
+    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2, "prompt_graph": 2,
     "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3,
     "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4,
     "client": 5,
@@ -89,3 +89,16 @@ def test_backends_do_not_know_each_other():
     backends = {"rest_backend", "openai_backend", "sdk_backend"}
     for name in backends:
         assert not imports(name) & (backends - {name}), name
+
+
+async def test_every_node_has_a_help_page_and_the_dependencies_agree():
+    """ComfyUI shows web/docs/<node_id>.md as a node's help; the Registry reads pyproject's list, Manager the file."""
+    import tomllib
+
+    import lmstudio_pack
+
+    for node in await (await lmstudio_pack.comfy_entrypoint()).get_node_list():
+        assert (ROOT / "web" / "docs" / f"{node.GET_SCHEMA().node_id}.md").is_file(), node
+    listed = [line.strip() for line in (ROOT / "requirements.txt").read_text().splitlines()
+              if line.strip() and not line.startswith("#")]
+    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"] == listed

@@ -57,7 +57,8 @@ def test_schema_contract():
                                                              "options", "conversation"]
     # Seven more image sockets, lazy like `image`: eight images in one message at most.
     more = by_id["more_images"].template
-    assert more.names == [f"image_{n}" for n in range(2, 9)] and more.min == 1 and more.input.lazy
+    assert more.names == [f"image_{n}" for n in range(2, 9)] and more.min == 0
+    assert more.input.lazy and not more.input.optional  # 0.8.0 reads a required template only
     assert by_id["seed"].control_after_generate is True
     assert by_id["options"].io_type == OPTIONS_TYPE
     hidden = {h.value for h in schema.hidden}

@@ -241,3 +241,46 @@ async def test_the_accepted_draft_tokens_in_the_statistics(draft_server_url, com
                          max_tokens=40, draft_model=ALIAS)).args[2]
     accepted = re.search(r"draft accepted: (\d+) of (\d+)", summary)
     assert accepted and 0 < int(accepted.group(1)) <= int(accepted.group(2)), summary
+
+
+# ------------------------------------------------------------------------------------------ structured output, chats
+
+
+COLOUR = {"type": "object", "properties": {"colour": {"type": "string", "enum": ["red", "green", "blue"]},
+                                           "count": {"type": "integer", "minimum": 1, "maximum": 9}},
+          "required": ["colour", "count"], "additionalProperties": False}
+
+
+async def test_a_json_schema_makes_llama_server_answer_that_json(server_url):
+    """llama-server turns `response_format`'s schema into a grammar: the tiny model can only write matching JSON,
+    and the client's own check passes it."""
+    text, stats = await answer(server_url, prompt="Pick a colour and a number.", temperature=0.8, max_tokens=60,
+                               json_schema=COLOUR)
+    document = json.loads(text)
+    assert document["colour"] in ("red", "green", "blue") and 1 <= document["count"] <= 9, text
+    assert stats.stop_reason == "stop"
+
+
+async def test_a_second_turn_carries_the_first(server_url):
+    """The whole chat goes to the server: turn 2's prompt holds turn 1's question and answer (usage proves it,
+    whatever the tiny model makes of them)."""
+    from lmstudio_pack.conversation import Turn
+
+    first, one = await answer(server_url, prompt="My name is Zorblax. Say hello to me.", max_tokens=24,
+                              temperature=0.0)
+    _, alone = await answer(server_url, prompt="What is my name?", max_tokens=8, temperature=0.0)
+    _, two = await answer(server_url, prompt="What is my name?", max_tokens=8, temperature=0.0,
+                          history=(Turn("My name is Zorblax. Say hello to me.", (), first),))
+    # The earlier answer and, beyond it, the earlier question are in turn 2's prompt.
+    assert two.input_tokens >= alone.input_tokens + one.output_tokens + 5, (one, alone, two)
+
+
+async def test_the_node_chains_turns_against_llama_server(server_url, comfy):
+    from chat_node_helpers import inputs, node
+
+    first = (await node().execute(**inputs(server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=16,
+                                           prompt="Name a fruit."))).args
+    second = (await node().execute(**inputs(server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=16,
+                                            prompt="And its colour?", conversation=first[8]))).args
+    assert [t.prompt for t in second[8].turns] == ["Name a fruit.", "And its colour?"]
+    assert second[8].turns[0].answer == first[0] and second[5] > first[5]  # input tokens: the chat so far

@@ -56,7 +56,9 @@ const STYLE = `
 .lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty, .lmstudio-stream .lms-list:empty,
 .lmstudio-stream .lms-notice:empty, .lmstudio-stream .lms-answers:empty { display: none; }
 .lmstudio-stream .lms-list { font-size: 11px; font-weight: bold; opacity: 0.85; }
-.lmstudio-stream .lms-notice { font-size: 11px; color: var(--warning-text, #e0b050); white-space: pre-wrap; }
+/* Notices give way first when the view is short (down to one line, scrolled), and never take more than four lines. */
+.lmstudio-stream .lms-notice { font-size: 11px; color: var(--warning-text, #e0b050); white-space: pre-wrap;
+  flex: 0 1 auto; min-height: 1.4em; max-height: 5.6em; overflow: auto; }
 .lmstudio-stream .lms-answers { flex: 1 1 0; min-height: 3em; overflow: auto; border-radius: 4px;
   background: var(--comfy-input-bg, #222); padding: 2px 0; }
 .lmstudio-stream.lms-listmode .lms-answer { flex: 1 1 0; }
@@ -333,6 +335,24 @@ function followVueNodeHeight(root) {
   mounted.observe(root);
 }
 
+const MORE_IMAGES = "more_images";
+
+/**
+ * The further image sockets are core's Autogrow group with no socket required. Frontends before 1.47 (1.35.9, which
+ * ComfyUI 0.8.0 pins) show such a group no socket at all, and grow one only from a linked socket: there, and only
+ * there (no socket of the group on the node), the first socket is added, named as the frontend names it, so the
+ * frontend's own Autogrow grows the group from it. A fresh node gets it beside `image`; a loaded one at the end,
+ * where moving no socket keeps every saved link on its slot.
+ */
+function ensureFirstImageSocket(node, { fresh }) {
+  const group = node.comfyDynamic?.autogrow?.[MORE_IMAGES];
+  if (!group?.names?.length || node.inputs?.some((input) => input.name.startsWith(`${MORE_IMAGES}.`))) return;
+  const name = group.names[0];
+  node.addInput(`${MORE_IMAGES}.${name}`, "IMAGE", { label: name });
+  const at = node.inputs.findIndex((input) => input.name === "image");
+  if (fresh && at >= 0) node.inputs.splice(at + 1, 0, node.inputs.pop());
+}
+
 function attachView(node) {
   injectStyle();
   const view = createView();
@@ -362,12 +382,19 @@ app.registerExtension({
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = onNodeCreated?.apply(this, args);
+      ensureFirstImageSocket(this, { fresh: true });
       // Appended after the schema's widgets, so saved widgets_values keep their positions.
       this.lmstudioModelPicker = attachModelPicker(this);
       roomForPrompt(this);
       attachView(this);
       // After a workflow loads, server_url holds its saved value: list from there.
       setTimeout(() => this.lmstudioModelPicker?.refresh(), 0);
+      return result;
+    };
+    const onConfigure = nodeType.prototype.onConfigure;
+    nodeType.prototype.onConfigure = function (...args) {
+      const result = onConfigure?.apply(this, args);
+      ensureFirstImageSocket(this, { fresh: false }); // a workflow saved without the socket
       return result;
     };
     const onExecuted = nodeType.prototype.onExecuted;
