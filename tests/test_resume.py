@@ -190,11 +190,12 @@ async def test_a_failed_list_with_raise_loses_nothing(lmstudio, comfy):
     with pytest.raises(RuntimeError, match="HTTP 500"):  # 4 at a time: items 4-7 start once 0-3 are done
         await run_list(lmstudio.url, "REST API", count=8, on_error="raise", max_parallel=4)
     finished = {d["index"] for _, _, d, _ in comfy.messages if d["chunk_type"] == "item" and d["content"] == "done"}
-    assert finished == {0, 1, 2, 3}
+    # Which of items 1-3 finish before item 4 fails (at once, twice) is the executor's timing; item 4 never does.
+    assert 0 in finished and not finished & {4, 5, 6, 7}
     lmstudio.predictions.clear()
     outputs, _, _ = await next_prompt(run_list(lmstudio.url, "REST API", count=8, on_error="raise", max_parallel=4))
     assert outputs[0] == [f"Answer to Describe {i}" for i in range(8)]
-    assert sorted(lmstudio.predictions) == [f"Describe {i}" for i in range(4, 8)]
+    assert sorted(lmstudio.predictions) == [f"Describe {i}" for i in range(8) if i not in finished]
 
 
 async def test_two_lists_that_share_items(lmstudio, comfy):
