@@ -16,18 +16,7 @@ from aiohttp import web
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 import conftest  # noqa: E402,F401  (puts the package under its alias and ComfyUI's stand-in on the path)
-from fake_lmstudio import FakeLMStudio  # noqa: E402
-
-
-async def serve(fake: FakeLMStudio) -> web.AppRunner:
-    """Start `fake` on a free loopback port; `fake.url` is set."""
-    runner = web.AppRunner(fake.app())
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    fake.url = f"http://127.0.0.1:{port}"
-    return runner
+from fake_lmstudio import FakeLMStudio, serve  # noqa: E402  (serve: for the benches)
 
 
 async def median_time(make: Callable[[], Awaitable[object]], rounds: int) -> float:

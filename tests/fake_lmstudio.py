@@ -308,6 +308,18 @@ class FakeLMStudio:
         return response
 
 
+async def serve(fake: FakeLMStudio) -> web.AppRunner:
+    """Start `fake` on a free loopback port in the running loop; `fake.url` is set. (Tests on one loop per test use
+    pytest-aiohttp's `aiohttp_server` instead.)"""
+    runner = web.AppRunner(fake.app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    fake.url = f"http://127.0.0.1:{port}"
+    return runner
+
+
 def prompt_of(body: Any) -> str:
     """The user's text in a native REST or OpenAI-compatible chat body."""
     if not isinstance(body, dict):

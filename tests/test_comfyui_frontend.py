@@ -5,15 +5,17 @@ Studio stand-in. `FRONTEND_SCREENSHOTS=DIR` keeps a picture of each check."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 from PIL import Image
 
 from browser import Chromium, chromium_path
-from fake_lmstudio import MODEL, native_model, rest_script
+from fake_lmstudio import MODEL, FakeLMStudio, native_model, rest_script, serve
 
 if chromium_path() is None:
     if os.environ.get("CI"):
@@ -85,9 +87,14 @@ def overlaps(parts: dict) -> list[tuple[str, str]]:
     return bad
 
 
-@pytest.fixture(params=[(f, r) for f in FRONTENDS for r in RENDERERS],
-                ids=lambda p: f"{p[0][2]}-{p[1]}")
-async def ui(request, real_comfyui_servers, lmstudio):
+# One page a frontend and renderer, shared by that pair's tests (a page load takes seconds): every test, its
+# fixtures and the page run on the module's loop.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=[(f, r) for f in FRONTENDS for r in RENDERERS],
+                        ids=lambda p: f"{p[0][2]}-{p[1]}")
+async def page(request, real_comfyui_servers):
     """A page of the real frontend in one renderer, and its server; the page's helpers as `T`."""
     (version, frontend, label), renderer = request.param
     server = real_comfyui_servers(version, frontend)
@@ -104,12 +111,48 @@ async def ui(request, real_comfyui_servers, lmstudio):
              f"window.app.extensionManager?.setting?.get('Comfy.VueNodes.Enabled') === {json.dumps(vue)}")
     await browser.goto(f"{origin}/", ready=ready)
     await browser.evaluate(HELPERS)
-    await browser.evaluate("T.fresh()")
     browser.label, browser.vue, browser.server = f"{label}-{renderer}", vue, server
     yield browser
-    ours = [line for line in browser.console if "EXCEPTION" in line and "lmstudio" in line.lower()]
     await browser.close()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def lmstudio():
+    """The LM Studio stand-in of one test, served on the module's loop (the page's), closed after the test."""
+    from lmstudio_pack.sdk_runtime import RUNTIME
+
+    fake = FakeLMStudio()
+    runner = await serve(fake)
+    yield fake
+    await RUNTIME.aclose()
+    await runner.cleanup()
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def ui(page, lmstudio):
+    """The shared page with an empty graph; afterwards the server idle again and no exception of ours logged."""
+    seen = len(page.console)
+    await page.evaluate("T.fresh()")
+    yield page
+    await idle(page.server)
+    ours = [line for line in page.console[seen:] if "EXCEPTION" in line and "lmstudio" in line.lower()]
     assert not ours, ours
+
+
+async def idle(server) -> None:
+    """Nothing queued or running on `server`: what one test queued never streams into the next test's nodes."""
+    import aiohttp
+
+    async with aiohttp.ClientSession() as session:
+        for attempt in range(200):
+            async with session.get(f"{server.url}/queue") as response:
+                queue = await response.json()
+            if not queue["queue_running"] and not queue["queue_pending"]:
+                return
+            if attempt == 0:
+                await session.post(f"{server.url}/interrupt")
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"ComfyUI {server.version} stayed busy after a test")
 
 
 async def keep_picture(page: Chromium, name: str) -> None:

@@ -348,7 +348,7 @@ function ensureFirstImageSocket(node, { fresh }) {
   const group = node.comfyDynamic?.autogrow?.[MORE_IMAGES];
   if (!group?.names?.length || node.inputs?.some((input) => input.name.startsWith(`${MORE_IMAGES}.`))) return;
   const name = group.names[0];
-  node.addInput(`${MORE_IMAGES}.${name}`, "IMAGE", { label: name });
+  node.addInput(`${MORE_IMAGES}.${name}`, "IMAGE", { label: name, localized_name: name });
   const at = node.inputs.findIndex((input) => input.name === "image");
   if (fresh && at >= 0) node.inputs.splice(at + 1, 0, node.inputs.pop());
 }
