@@ -137,13 +137,24 @@ async def main_comfyui(version: str) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
     import real_comfyui
 
-    fake = subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fake_process.py")), str(TOKENS)],
-                            stdout=subprocess.PIPE, text=True)
+    def stand_in(tokens: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(Path(__file__).with_name("_fake_process.py")), str(tokens)],
+                                stdout=subprocess.PIPE, text=True)
+
+    fake, short = stand_in(TOKENS), stand_in(2)
     server = real_comfyui.ComfyServer(version).start()
     try:
-        url = fake.stdout.readline().strip()
+        url, short_url = fake.stdout.readline().strip(), short.stdout.readline().strip()
         host = sdk_api_host(url)
         seeds = iter(range(1, 10_000))
+        # What a run costs beyond the SDK's own: a two-token answer, node against a raw kept client.
+        async with lms.AsyncClient(sdk_api_host(short_url)) as client:
+            await raw_predict(client)
+            await node_in_comfyui(server, short_url, "SDK", next(seeds))
+            raw_short = [await median_time(lambda: raw_predict(client), 1) for _ in range(ROUNDS_COMFYUI)]
+            node_short = [await node_in_comfyui(server, short_url, "SDK", next(seeds)) for _ in range(ROUNDS_COMFYUI)]
+        print(f"ComfyUI {version}, SDK run of a two-token answer: node {statistics.median(node_short) * 1000:.0f} ms, "
+              f"raw {statistics.median(raw_short) * 1000:.0f} ms")
         print(f"ComfyUI {version}, {TOKENS} tokens at unlimited speed, median of {ROUNDS_COMFYUI}:")
         async with lms.AsyncClient(host) as client:
             for mode in ("SDK", "REST API", "OpenAI-compatible"):
@@ -161,6 +172,7 @@ async def main_comfyui(version: str) -> None:
     finally:
         server.stop()
         fake.kill()
+        short.kill()
 
 
 if __name__ == "__main__":
