@@ -97,6 +97,12 @@ _CARRIED_BY: dict[str, tuple[str, set[ConnectionMode]]] = {
 }
 
 
+def sendable_settings(request: ChatRequest) -> dict[str, Any]:
+    """The settings the request sets that its mode carries, by their REST and OpenAI-compatible names."""
+    return {name: value for name, value in request.settings().items()
+            if name not in _CARRIED_BY or request.mode in _CARRIED_BY[name][1]}
+
+
 def unsent_settings(request: ChatRequest) -> list[str]:
     """One sentence per setting the request's mode cannot send, saying which modes can."""
     set_here = set(request.settings()) | ({"reasoning"} if request.reasoning != "auto" else set())
@@ -123,6 +129,7 @@ class ModelInfo:
     key: str
     display_name: str = ""
     loaded_ids: tuple[str, ...] = ()
+    loaded_contexts: tuple[int | None, ...] = ()  # each loaded instance's context length, where the server says
     vision: bool | None = None
     parallel: int | None = None  # the loaded instance's concurrent prediction slots, where the server says
 

@@ -163,6 +163,8 @@ def parse_native_models(body: Any) -> list[ModelInfo]:
                 key=str(entry["key"]),
                 display_name=str(entry.get("display_name") or entry["key"]),
                 loaded_ids=tuple(str(i["id"]) for i in instances),
+                loaded_contexts=tuple(c if isinstance(c := (i.get("config") or {}).get("context_length"), int)
+                                      else None for i in instances),
                 vision=bool(capabilities["vision"]) if "vision" in capabilities else None,
                 parallel=parallel,
             )
@@ -200,16 +202,12 @@ async def loaded_context(
 ) -> int | None:
     """The context length LM Studio runs a loaded instance with (`GET /api/v1/models`); None where it does not say."""
     try:
-        async with await open_request(session, "GET", f"{base}/api/v1/models", request) as response:
-            body = await read_body(response)
+        models = await native_models(session, base, request) or []
     except LMStudioError:
         return None
-    for entry in body.get("models", []) if isinstance(body, dict) else []:
-        for instance in (entry.get("loaded_instances") or []) if isinstance(entry, dict) else []:
-            if isinstance(instance, dict) and instance.get("id") == instance_id:
-                length = (instance.get("config") or {}).get("context_length")
-                return length if isinstance(length, int) else None
-    return None
+    return next((length for model in models
+                 for loaded, length in zip(model.loaded_ids, model.loaded_contexts, strict=True)
+                 if loaded == instance_id), None)
 
 
 async def openai_models(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> list[ModelInfo]:

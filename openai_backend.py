@@ -19,6 +19,7 @@ from .chat import (
     Stats,
     StreamEvent,
     TextDelta,
+    sendable_settings,
     stream_error,
 )
 from .http_common import IncompleteStream, identify, parse_json, resolve_model, sse_events, stream_dialect
@@ -57,14 +58,9 @@ def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["seed"] = request.seed
     if request.ttl_seconds is not None:
         payload["ttl"] = request.ttl_seconds  # applies only when this request makes LM Studio load the model
-    # top_k, min_p, repeat_penalty and draft_model are LM Studio's extensions (llama-server takes all but the last).
-    for name in ("top_p", "top_k", "min_p", "repeat_penalty"):
-        if (value := getattr(request, name)) is not None:
-            payload[name] = value
-    if request.stop:
-        payload["stop"] = list(request.stop)
-    if request.draft_model:
-        payload["draft_model"] = request.draft_model
+    # Sampling, stop and draft_model: top_k, min_p, repeat_penalty and draft_model are LM Studio's extensions
+    # (llama-server takes all but the last).
+    payload.update(sendable_settings(request))
     if request.json_schema is not None:
         payload["response_format"] = {"type": "json_schema",
                                       "json_schema": {"name": "answer", "strict": True, "schema": request.json_schema}}

@@ -18,6 +18,7 @@ from .chat import (
     TextDelta,
     chain_missing,
     context_kept,
+    sendable_settings,
     stream_error,
 )
 from .http_common import IncompleteStream, loaded_context, parse_json, resolve_model, sse_events, stream_dialect
@@ -52,9 +53,7 @@ def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
         payload["max_output_tokens"] = request.max_tokens
     if request.reasoning != "auto":
         payload["reasoning"] = request.reasoning
-    for name in ("top_p", "top_k", "min_p", "repeat_penalty", "context_length"):
-        if (value := getattr(request, name)) is not None:
-            payload[name] = value
+    payload.update(sendable_settings(request))  # sampling, context_length
     return payload
 
 

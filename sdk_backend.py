@@ -44,6 +44,7 @@ from .chat import (
     no_model_loaded,
     not_lmstudio,
     not_vision_capable,
+    sendable_settings,
     stream_dropped,
 )
 from .sdk_runtime import RUNTIME, ClientKey, Handoff, KeptClient
@@ -277,8 +278,8 @@ def sdk_prediction_config(request: ChatRequest) -> dict[str, Any]:
     config: dict[str, Any] = {"temperature": request.temperature}
     if request.max_tokens >= 0:
         config["maxTokens"] = request.max_tokens
-    for name, value in request.settings().items():
-        if name in _SDK_NAMES:
+    for name, value in sendable_settings(request).items():
+        if name in _SDK_NAMES:  # context_length goes in the load config
             config[_SDK_NAMES[name]] = value
     if request.json_schema is not None:
         config["structured"] = {"type": "json", "jsonSchema": request.json_schema}
