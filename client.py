@@ -4,20 +4,19 @@
 `LMStudioError` with a human message on any failure. Closing the iterator (or cancelling the task that iterates
 it) stops LM Studio's generation. No ComfyUI imports: the terminal command uses it too.
 
-    node.py / cli.py -> client.py -> rest_backend / openai_backend / sdk_backend -> http_common, sse -> chat
+    node.py / cli.py -> client.py -> rest_backend / openai_backend / sdk_process -> http_common, sse -> chat
+                                      sdk_process ==(pipe)==> sdk_worker -> sdk_backend (the SDK's own process)
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from types import ModuleType
 
 from .chat import (
     ChatRequest,
     ConnectionMode,
     Finished,
-    LMStudioError,
     ModelInfo,
     StreamEvent,
     TextDelta,
@@ -26,19 +25,8 @@ from .chat import (
 from .http_common import list_models_http, parallel_slots_http, unload_http
 from .openai_backend import stream_openai
 from .rest_backend import stream_rest
+from .sdk_process import WORKER
 from .structured import check_answer
-
-
-def _sdk() -> ModuleType:
-    """The SDK backend, imported on first use: the HTTP modes work where the lmstudio package is missing or broken."""
-    try:
-        from . import sdk_backend
-    except ImportError as exc:
-        raise LMStudioError(
-            f"The SDK mode needs the lmstudio package ({exc}). Run `pip install -r requirements.txt` with "
-            "ComfyUI's Python, or choose 'REST API' or 'OpenAI-compatible' in connection_mode."
-        ) from exc
-    return sdk_backend
 
 
 async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -49,7 +37,7 @@ async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]
     if request.json_schema is not None and request.mode is ConnectionMode.REST:
         raise no_structured_output()  # before anything is sent
     if request.mode is ConnectionMode.SDK:
-        events = _sdk().stream_sdk(request)
+        events = WORKER.stream(request)  # in the SDK's own process: `sdk_worker` says why
     elif request.mode is ConnectionMode.REST:
         events = stream_rest(request)
     else:
@@ -75,7 +63,7 @@ async def unload_model(
 ) -> bool:
     """Ask LM Studio to unload `instance_id` and wait until it is gone; False if not confirmed in time."""
     if request.mode is ConnectionMode.SDK:
-        return await _sdk().unload_sdk(request, instance_id, confirm_seconds=confirm_seconds, poll_seconds=poll_seconds)
+        return await WORKER.unload(request, instance_id, confirm_seconds=confirm_seconds, poll_seconds=poll_seconds)
     return await unload_http(request, instance_id, confirm_seconds=confirm_seconds, poll_seconds=poll_seconds)
 
 

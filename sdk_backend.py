@@ -1,7 +1,9 @@
 """The SDK connection mode: LM Studio's official `lmstudio` package (`AsyncClient`, websocket). No ComfyUI imports.
 
-Yields the same events as the HTTP backends. The work runs on the SDK's own loop (`sdk_runtime`), over a client
-kept between runs; events come back through a `Handoff`. What the SDK needs that the HTTP backends do not:
+Runs in the SDK worker process (`sdk_worker`), which ComfyUI's process talks to through `sdk_process`. Yields the
+same events as the HTTP backends. Each run is a task of its own (`sdk_runtime`), over a client kept between runs;
+its events come back through a `Handoff`, gathered into a few per batch. What the SDK needs that the HTTP backends
+do not:
 - Stopping: cancelling the SDK's stream iterator closes its channel *without* telling LM Studio, which then
   generates on (lmstudio-facts.md 1.10). So nothing cancels the iteration: a stop sends `await stream.cancel()`
   and the iteration runs on to the `userStopped` result. Only if LM Studio does not answer within
@@ -130,7 +132,7 @@ async def _opened_client(base: str, host: str, request: ChatRequest) -> AsyncIte
 
 
 class _Run:
-    """One chat turn on the SDK's loop. Owns no connection: it borrows the kept client for its server and token."""
+    """One chat turn. Owns no connection: it borrows the kept client for its server and token."""
 
     def __init__(self, request: ChatRequest, base: str, host: str, handoff: Handoff) -> None:
         self.request, self.base, self.host, self.handoff = request, base, host, handoff
@@ -171,7 +173,7 @@ class _Run:
                 RUNTIME.release(kept)
 
     def stop(self) -> None:
-        """On the SDK's loop: tell LM Studio to stop, or stop waiting for a load or an upload at once."""
+        """Tell LM Studio to stop, or stop waiting for a load or an upload at once."""
         if self.stopping:
             return
         self.stopping = True
@@ -342,7 +344,7 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
     base, host = _endpoint(request)
     handoff = Handoff(asyncio.get_running_loop())
     run = _Run(request, base, host, handoff)
-    job = RUNTIME.submit(run.main())
+    job = RUNTIME.submit(run.main())  # a task of its own: a consumer that leaves must not cancel it mid-stop
     ended = False
     try:
         while True:
@@ -358,17 +360,16 @@ async def stream_sdk(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
                     ended = True
                     raise item
                 yield item
-            # Let texts gather a moment before the next batch: each wake-up of this loop from the SDK's thread costs
-            # a cross-thread call and a hand-over of the GIL, which, one per fragment, slowed a fast stream in a real
-            # ComfyUI to 0.61x the raw SDK (`bench/bench_sdk.py --comfyui`). The view is redrawn 30 times a second:
-            # half a redraw tick is never seen. The end of the stream (or an error) cuts the rest short.
+            # Let texts gather a moment before the next batch: each batch is a message to ComfyUI's process and a
+            # redraw of the view, which is redrawn 30 times a second (half a redraw tick is never seen). The end of
+            # the stream (or an error) cuts the rest short.
             await handoff.rest(HANDOFF_PAUSE_SECONDS)
     finally:
         if not ended:
             # Closed early (Cancel, an idle timeout): LM Studio must be told to stop, then the run drains.
-            RUNTIME.call_soon(run.stop)
+            run.stop()
             with contextlib.suppress(Exception):  # the drain's own outcome is of no interest any more
-                await asyncio.wait_for(asyncio.wrap_future(job), CANCEL_DRAIN_SECONDS + 0.2)
+                await asyncio.wait_for(job, CANCEL_DRAIN_SECONDS + 0.2)
 
 
 async def _unload_on(client: Any, identifier: str, confirm_seconds: float, poll_seconds: float) -> bool:
@@ -409,9 +410,4 @@ async def _unload(request: ChatRequest, identifier: str, confirm_seconds: float,
 
 async def unload_sdk(request: ChatRequest, identifier: str, *, confirm_seconds: float, poll_seconds: float) -> bool:
     """Unload a model instance over the kept SDK connection and wait until LM Studio no longer lists it."""
-    return await asyncio.wrap_future(RUNTIME.submit(_unload(request, identifier, confirm_seconds, poll_seconds)))
-
-
-def shutdown() -> None:
-    """Close every kept SDK connection and end the SDK's thread (also registered with `atexit`)."""
-    RUNTIME.shutdown()
+    return await RUNTIME.submit(_unload(request, identifier, confirm_seconds, poll_seconds))

@@ -1,22 +1,18 @@
-"""Where the SDK's lasting connections live: one daemon thread with its own event loop, owning one kept
-`lmstudio.AsyncClient` per server and API token. No ComfyUI imports.
+"""Where the SDK's lasting connections live: one kept `lmstudio.AsyncClient` per server and API token, on the SDK
+worker's event loop (`sdk_worker`), and the `Handoff` that carries a run's items from one loop or thread to
+another. No ComfyUI imports, and no lmstudio.
 
-ComfyUI runs every prompt in a fresh event loop, and an SDK client belongs to the loop (and the task) that
-opened it, so a client opened inside a prompt dies with it and every run would pay the SDK's greeting probe and
-five websocket handshakes again (~0.14 s). Here the clients outlive prompts: runs from any loop submit their work
-to this loop and receive their events through a `Handoff`. The SDK multiplexes channels over its websockets, so
-concurrent runs share one client.
+The worker's loop lives as long as the worker, so the clients outlive prompts: a run does not pay the SDK's
+greeting probe and five websocket handshakes again (~0.14 s). The SDK multiplexes channels over its websockets, so
+concurrent runs share one client. Runs and the SDK share that one loop and thread: with the SDK on a thread of its
+own, handing each fragment across cost 10-15% of a fast stream's CPU (`bench/bench_sdk.py`).
 
-A client nobody used for `IDLE_CLOSE_SECONDS` is closed, and when none is left the thread ends: nothing lingers
-once ComfyUI is idle. `shutdown()` (registered with `atexit`) closes everything within `SHUTDOWN_SECONDS`.
+A client nobody used for `IDLE_CLOSE_SECONDS` is closed; `running` then turns false, and the worker says it is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
@@ -43,7 +39,8 @@ class _Pieces:
 
 
 class Handoff:
-    """Items from the SDK's loop to one run's loop, in order, in batches: never one wake-up per fragment.
+    """Items for one run's loop, from its own loop or another thread, in order, in batches: never one wake-up per
+    fragment.
 
     Texts gather (consecutive pieces of one kind become one item) and wake the run only when it waits for its next
     batch, not while it rests between batches; any other item (progress, the end, an error) wakes it at once, so
@@ -58,17 +55,17 @@ class Handoff:
         self._lock = threading.Lock()
 
     def put(self, item: Any) -> None:
-        """Called on the SDK's loop."""
+        """Called from any thread."""
         with self._lock:
             self._items.append(item)
             waiter, self._waiter = self._waiter, None
         self._notify(waiter)
 
     def put_text(self, make: Callable[[str], Any], text: str) -> None:
-        """Called on the SDK's loop, per fragment: texts of one kind in a row reach the run as one `make(joined)`.
+        """Called from any thread, per fragment: texts of one kind in a row reach the run as one `make(joined)`.
 
-        The run then handles a few items a batch instead of one per token, and holds the GIL that much less while
-        the SDK's thread streams (the SDK's own work per fragment is what bounds the rate).
+        The run then handles a few items a batch instead of one per token (the SDK's own work per fragment is what
+        bounds the rate).
         """
         with self._lock:
             last = self._items[-1] if self._items else None
@@ -174,75 +171,33 @@ class KeptClient:
 
 
 class SdkRuntime:
-    """The SDK's thread, its loop and the kept clients. Started on first use; ends when no client is left."""
+    """The kept clients, and the runs that use them, on the worker's loop. Reaps idle clients while any is kept."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._clients: dict[ClientKey, KeptClient] = {}
         self._reaper: asyncio.Task | None = None
-        self._jobs = 0
+        self._jobs: set[asyncio.Task] = set()
 
-    # ---- from any thread
+    @property
+    def running(self) -> bool:
+        """Whether a client is kept or work is in hand."""
+        return bool(self._clients or self._jobs)
 
-    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        """Run `coro` on the SDK's loop."""
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._start()
-            self._jobs += 1
-            assert self._loop is not None
-            future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        future.add_done_callback(self._job_done)
-        return future
-
-    def call_soon(self, callback: Callable[[], Any]) -> None:
-        with self._lock:
-            if self._loop is not None and self._thread is not None and self._thread.is_alive():
-                self._loop.call_soon_threadsafe(callback)
-
-    def shutdown(self, timeout: float = SHUTDOWN_SECONDS) -> None:
-        """Close every kept client and end the thread; never waits longer than `timeout`."""
-        closing = self._begin_close()
-        if closing is None:
-            return
-        future, loop, thread = closing
-        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
-            future.result(timeout)
-        self._end(loop, thread, timeout)
-
-    async def aclose(self, timeout: float = SHUTDOWN_SECONDS) -> None:
-        """`shutdown` for a caller on an event loop (one that may serve the other end of the websockets)."""
-        closing = self._begin_close()
-        if closing is None:
-            return
-        future, loop, thread = closing
-        with contextlib.suppress(asyncio.TimeoutError, RuntimeError):
-            await asyncio.wait_for(asyncio.wrap_future(future), timeout)
-        await asyncio.to_thread(self._end, loop, thread, timeout)
-
-    def _begin_close(self):
-        with self._lock:
-            loop, thread = self._loop, self._thread
-            self._loop = self._thread = None
-        if loop is None or thread is None or not thread.is_alive():
-            return None
-        return asyncio.run_coroutine_threadsafe(self._close_all(), loop), loop, thread
-
-    @staticmethod
-    def _end(loop: asyncio.AbstractEventLoop, thread: threading.Thread, timeout: float) -> None:
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout)
-
-    # ---- on the SDK's loop
+    def submit(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run `coro` as a task of its own: a run's consumer leaving does not cancel it (its stop must reach LM
+        Studio first)."""
+        task = asyncio.ensure_future(coro)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return task
 
     async def client(self, key: ClientKey, open_client: Callable[[], Any]) -> tuple[KeptClient, Any]:
         """The kept client for `key`, opened if there is none (or the kept one died)."""
         kept = self._clients.get(key)
         if kept is None or kept.failed:
             kept = self._clients[key] = KeptClient(open_client)
+            if self._reaper is None or self._reaper.done():
+                self._reaper = asyncio.ensure_future(self._reap())
         kept.users += 1
         try:
             return kept, await kept.client()
@@ -266,53 +221,23 @@ class SdkRuntime:
             del self._clients[key]
         await kept.close()
 
-    # ---- internals
-
-    def _start(self) -> None:
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def main() -> None:
-            asyncio.set_event_loop(loop)
-            self._reaper = loop.create_task(self._reap())
-            loop.call_soon(ready.set)
-            try:
-                loop.run_forever()
-            finally:
-                for task in asyncio.all_tasks(loop):
-                    task.cancel()
-                loop.run_until_complete(asyncio.sleep(0))
-                loop.close()
-
-        self._loop, self._clients = loop, {}
-        self._thread = threading.Thread(target=main, name="lmstudio-sdk", daemon=True)
-        self._thread.start()
-        ready.wait()
-
-    def _job_done(self, _: concurrent.futures.Future) -> None:
-        with self._lock:
-            self._jobs -= 1
+    async def aclose(self) -> None:
+        """Close every kept client (within `SHUTDOWN_SECONDS`); a later run opens a fresh one."""
+        clients, self._clients = list(self._clients.values()), {}
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
+        await asyncio.gather(*(kept.close() for kept in clients), return_exceptions=True)
 
     async def _reap(self) -> None:
-        """Close clients unused for IDLE_CLOSE_SECONDS; stop the loop once nothing is left to do."""
-        while True:
+        """Close clients unused for IDLE_CLOSE_SECONDS; end once none is left."""
+        while self._clients:
             await asyncio.sleep(min(REAP_EVERY_SECONDS, IDLE_CLOSE_SECONDS))
             now = time.monotonic()
             for key, kept in list(self._clients.items()):
                 if kept.users == 0 and now - kept.last_used >= IDLE_CLOSE_SECONDS:
                     log.debug("Closing the idle LM Studio SDK connection to %s", key[0])
                     await self.discard(key, kept)
-            with self._lock:
-                if not self._clients and self._jobs == 0:
-                    self._loop = None
-                    self._thread = None
-                    asyncio.get_running_loop().stop()
-                    return
-
-    async def _close_all(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
-        await asyncio.gather(*(kept.close() for kept in clients), return_exceptions=True)
 
 
 RUNTIME = SdkRuntime()
-atexit.register(RUNTIME.shutdown)

@@ -19,7 +19,7 @@ import torch
 
 from _harness import FakeLMStudio, median_time, serve
 from chat_node_helpers import run, run_list
-from lmstudio_pack.sdk_runtime import RUNTIME
+from lmstudio_pack.sdk_process import WORKER
 
 ITEM_SECONDS = 0.2
 MODES = ("REST API", "OpenAI-compatible", "SDK")
@@ -44,7 +44,7 @@ async def main() -> None:
                 print(f"{mode:<18} {count:>6} {one:>8.3f}s {ideal:>7.2f}s {elapsed:>7.2f}s {elapsed / ideal:>6.2f} "
                       f"{fake.peak_in_flight:>5}")
     finally:
-        await RUNTIME.aclose()
+        await WORKER.aclose()
         await runner.cleanup()
 
 

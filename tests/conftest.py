@@ -66,14 +66,14 @@ def fake():
 
 @pytest.fixture
 async def lmstudio(fake, aiohttp_server):
-    """A running fake LM Studio; `fake.url` is its base URL. The SDK's kept connections are closed afterwards
-    (before the server stops), as the pack's shutdown hook does when ComfyUI exits."""
-    from lmstudio_pack.sdk_runtime import RUNTIME
+    """A running fake LM Studio; `fake.url` is its base URL. The SDK worker's kept connections are closed afterwards
+    (before the server stops); the worker itself stays for the next test, as it stays between a user's prompts."""
+    from lmstudio_pack.sdk_process import WORKER
 
     server = await aiohttp_server(fake.app())
     fake.url = f"http://127.0.0.1:{server.port}"
     yield fake
-    await RUNTIME.aclose()
+    await WORKER.close_connections()
 
 
 @pytest.fixture

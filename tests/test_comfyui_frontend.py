@@ -119,12 +119,12 @@ async def page(request, real_comfyui_servers):
 @pytest_asyncio.fixture(loop_scope="module")
 async def lmstudio():
     """The LM Studio stand-in of one test, served on the module's loop (the page's), closed after the test."""
-    from lmstudio_pack.sdk_runtime import RUNTIME
+    from lmstudio_pack.sdk_process import WORKER
 
     fake = FakeLMStudio()
     runner = await serve(fake)
     yield fake
-    await RUNTIME.aclose()
+    await WORKER.close_connections()
     await runner.cleanup()
 
 

@@ -216,6 +216,9 @@ async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server,
     """kill -9 while a 12-image list runs; ComfyUI started again on the same folders and the list queued again:
     only the items with no finished answer go to LM Studio."""
     server = own_comfyui_server(version)
+    sdk_run = await server.run({"1": chat(lmstudio.url, "SDK", seed=5)})  # starts the SDK worker beside it
+    assert sdk_run.outcome == "execution_success", sdk_run.error
+    [worker] = sdk_workers(server)
     lmstudio.echo = True
     lmstudio.event_delay = 0.1
     folder = dataset(server, 12)
@@ -229,9 +232,15 @@ async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server,
         await server.run(prompt, on_message=kill_after_five, timeout=120)
     answers = server.base / "user" / ANSWERS_FOLDER / FILE_NAME
     with contextlib.closing(sqlite3.connect(answers)) as db:
-        kept = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0]
+        kept = db.execute("SELECT COUNT(*) FROM answers").fetchone()[0] - 1  # less the SDK run's own answer
     # An item's answer is written before its "done" goes out, so all five are there; the list was far from done.
     assert 5 <= kept < 12
+    assert await gone(worker)  # the SDK worker ends with ComfyUI, however ComfyUI ends
+    # A request the dead ComfyUI sent just before may still sit in the stand-in's socket buffer (it serves on this
+    # test's loop): let it arrive and end before counting afresh.
+    await asyncio.sleep(0.5)
+    while lmstudio.in_flight:
+        await asyncio.sleep(0.05)
     lmstudio.predictions.clear()
     lmstudio.event_delay = 0.0
 
@@ -242,6 +251,30 @@ async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server,
     captions = sorted((server.output_dir / f"{folder}_captioned").glob("*.txt"))
     assert [path.read_text() for path in captions] == ["Answer to Caption"] * 12
     assert resume_notices(again)[-1].startswith(f"{kept} of 12 answers came back finished")
+
+
+def sdk_workers(server: real_comfyui.ComfyServer) -> list[int]:
+    """The pids of the SDK worker processes ComfyUI started, each checked to run ComfyUI's own Python."""
+    assert server._process is not None
+    pid = server._process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    workers = []
+    for child in map(int, children):
+        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        if any(b"lmstudio_sdk_worker_pack" in part for part in command):
+            assert command[0].decode() == str(server.python)
+            workers.append(child)
+    return workers
+
+
+async def gone(pid: int, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status")
+        if not status.exists() or "State:\tZ" in status.read_text():
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def empty_image(width: int, height: int, batch: int = 1) -> dict:

@@ -1,8 +1,9 @@
 """The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
 
     node.py / options_node.py / json_field_node.py / cli.py -> client.py -> rest_backend / openai_backend /
-      sdk_backend -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run, structured
-      -> chat -> conversation
+      sdk_process -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run, structured,
+      sdk_wire -> chat -> conversation
+    and in the SDK worker process: sdk_worker -> sdk_backend -> sdk_runtime, sdk_wire ...
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 LAYERS = {
     "conversation": 0,
     "chat": 1,
-    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2, "prompt_graph": 2,
+    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2, "prompt_graph": 2, "sdk_wire": 2,
     "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3,
-    "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4,
-    "client": 5,
+    "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4, "sdk_process": 4,
+    "client": 5, "sdk_worker": 5,
     "options_node": 6,
     "json_field_node": 7,
     "node": 8, "cli": 8,
@@ -86,7 +87,7 @@ def test_only_the_node_modules_import_comfyui():
 
 
 def test_backends_do_not_know_each_other():
-    backends = {"rest_backend", "openai_backend", "sdk_backend"}
+    backends = {"rest_backend", "openai_backend", "sdk_backend", "sdk_process"}
     for name in backends:
         assert not imports(name) & (backends - {name}), name
 

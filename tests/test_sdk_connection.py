@@ -4,18 +4,25 @@ wrong servers, and shutdown. The real `lmstudio` package against the stand-in's 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import pickle
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from aiohttp import web
 
 from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
-from lmstudio_pack import sdk_backend, sdk_runtime
+from lmstudio_pack import sdk_backend, sdk_process, sdk_runtime
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
 from lmstudio_pack.client import stream_chat
-from lmstudio_pack.sdk_runtime import RUNTIME
+from lmstudio_pack.sdk_process import WORKER
 
 SOCKETS_PER_CLIENT = 5  # embedding, files, llm, repository, system
 
@@ -80,7 +87,7 @@ async def test_lm_studio_restarted_between_runs(aiohttp_server):
         assert await answer(request_for(second.url)) == "A red square."  # reconnected by itself
         assert len(second.sdk.sent("channelCreate", "predict")) == 1  # sent once, on the fresh client
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
 async def test_lm_studio_really_down_gives_the_usual_message(aiohttp_server):
@@ -91,7 +98,7 @@ async def test_lm_studio_really_down_gives_the_usual_message(aiohttp_server):
         with pytest.raises(LMStudioError, match=r"^LM Studio connection failed\. Tried http://127\.0\.0\.1"):
             await answer(request_for(fake.url))
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
 TOKEN = "sk-lm-abcdefgh:abcdefghijklmnopqrst"
@@ -118,7 +125,7 @@ async def test_restarted_with_auth_on_explains_like_a_fresh_connection(aiohttp_s
         fake, url = await restarted_with(aiohttp_server, required_token=TOKEN)
         with pytest.raises(LMStudioError) as replaced:
             await answer(request_for(url, api_token=token))
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
         with pytest.raises(LMStudioError) as fresh:
             await answer(request_for(url, api_token=token))
         assert str(replaced.value) == str(fresh.value)
@@ -127,7 +134,7 @@ async def test_restarted_with_auth_on_explains_like_a_fresh_connection(aiohttp_s
             assert "rejected the token" in str(replaced.value)
         assert not fake.sdk.sent("channelCreate", "predict")
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
 async def test_restarted_refusing_websockets_explains_like_a_fresh_connection(aiohttp_server):
@@ -138,7 +145,7 @@ async def test_restarted_refusing_websockets_explains_like_a_fresh_connection(ai
         with pytest.raises(LMStudioError, match="was refused"):  # and again, on no kept client at all
             await answer(request_for(url))
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
 async def test_unload_on_a_server_restarted_with_auth_on_is_explained(aiohttp_server):
@@ -149,7 +156,7 @@ async def test_unload_on_a_server_restarted_with_auth_on_is_explained(aiohttp_se
         with pytest.raises(LMStudioError, match="requires an API token"):
             await unload_model(request_for(url), MODEL, confirm_seconds=1)
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
 async def test_killed_mid_stream_then_back(aiohttp_server):
@@ -163,26 +170,40 @@ async def test_killed_mid_stream_then_back(aiohttp_server):
         fake.sdk.drop_after_fragments = None
         assert await answer(request_for(fake.url)) == "".join(f"t{i} " for i in range(50))
     finally:
-        await RUNTIME.aclose()
+        await WORKER.close_connections()
 
 
-async def test_an_idle_connection_closes_and_the_thread_ends(lmstudio, monkeypatch):
+async def test_an_idle_connection_closes_and_the_worker_ends(lmstudio, monkeypatch):
+    await WORKER.aclose()  # the settings below reach a worker when it starts
     monkeypatch.setattr(sdk_runtime, "IDLE_CLOSE_SECONDS", 0.3)
     monkeypatch.setattr(sdk_runtime, "REAP_EVERY_SECONDS", 0.05)
-    await answer(request_for(lmstudio.url))
-    assert lmstudio.sdk.open_sockets == SOCKETS_PER_CLIENT
-    assert await eventually(lambda: lmstudio.sdk.open_sockets == 0, 3)
-    assert await eventually(lambda: not [t for t in threading.enumerate() if t.name == "lmstudio-sdk"], 3)
-    assert await answer(request_for(lmstudio.url)) == "A red square."  # and a later run starts it again
+    try:
+        await answer(request_for(lmstudio.url))
+        first = WORKER.pid
+        assert lmstudio.sdk.open_sockets == SOCKETS_PER_CLIENT
+        assert await eventually(lambda: lmstudio.sdk.open_sockets == 0, 3)
+        assert await eventually(lambda: WORKER.pid is None, 3)
+        assert await eventually(lambda: not process_alive(first), 3)
+        assert await answer(request_for(lmstudio.url)) == "A red square."  # and a later run starts a new one
+        assert WORKER.pid not in (None, first)
+    finally:
+        await WORKER.aclose()
 
 
-async def test_shutdown_leaves_no_thread_and_no_websocket(lmstudio):
+def process_alive(pid: int | None) -> bool:
+    """Whether `pid` is a live process (not a zombie) on this Linux machine."""
+    status = Path(f"/proc/{pid}/status")
+    return pid is not None and status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_shutdown_leaves_no_worker_and_no_websocket(lmstudio):
     await answer(request_for(lmstudio.url))
-    assert [t for t in threading.enumerate() if t.name == "lmstudio-sdk"]
+    pid = WORKER.pid
+    assert process_alive(pid)
     started = time.monotonic()
-    await asyncio.to_thread(sdk_backend.shutdown)  # what atexit calls when ComfyUI exits
-    assert time.monotonic() - started < sdk_runtime.SHUTDOWN_SECONDS
-    assert not [t for t in threading.enumerate() if t.name == "lmstudio-sdk"]
+    await asyncio.to_thread(sdk_process.WORKER.shutdown)  # what atexit calls when ComfyUI exits
+    assert time.monotonic() - started < sdk_process.SHUTDOWN_SECONDS
+    assert WORKER.pid is None and not process_alive(pid)
     assert await eventually(lambda: lmstudio.sdk.open_sockets == 0)
 
 
@@ -313,7 +334,7 @@ async def test_cancel_while_connecting_leaves_no_unowned_client(lmstudio):
     await eventually(lambda: lmstudio.sdk.open_sockets == SOCKETS_PER_CLIENT, 3)
     assert await answer(request_for(lmstudio.url)) == "A red square."
     assert lmstudio.sdk.connections == SOCKETS_PER_CLIENT  # the next run used the same client
-    await RUNTIME.aclose()
+    await WORKER.close_connections()
     assert await eventually(lambda: lmstudio.sdk.open_sockets == 0)
 
 
@@ -399,3 +420,99 @@ async def test_cancel_during_a_rest_is_not_lost():
         await task
     handoff.put_text(str, "x")  # the run is not resting any more: a text wakes a reader again
     assert await asyncio.wait_for(handoff.get_batch(1), 0.5) == ["x"]
+
+
+# ---- the worker process (`sdk_process`, `sdk_worker`)
+
+
+async def test_the_sdk_runs_in_a_worker_process_that_stays(lmstudio):
+    await answer(request_for(lmstudio.url))
+    pid = WORKER.pid
+    assert pid is not None and pid != os.getpid() and process_alive(pid)
+    await answer(request_for(lmstudio.url))
+    assert WORKER.pid == pid  # one worker for every run, kept between them
+
+
+def test_comfyuis_process_never_imports_the_sdk():
+    """Only the worker imports lmstudio: an SDK run leaves ComfyUI's process without it."""
+    script = """
+import asyncio, sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import conftest  # makes the pack importable as lmstudio_pack, as the tests do
+from fake_lmstudio import MODEL, FakeLMStudio, serve
+from lmstudio_pack.client import stream_chat
+from lmstudio_pack.chat import ChatRequest, ConnectionMode, TextDelta
+from lmstudio_pack.sdk_process import WORKER
+
+async def main():
+    fake = FakeLMStudio()
+    runner = await serve(fake)
+    request = ChatRequest(prompt="Describe", server_url=fake.url, mode=ConnectionMode.SDK, model=MODEL)
+    text = "".join([e.text async for e in stream_chat(request) if isinstance(e, TextDelta)])
+    await WORKER.aclose()
+    await runner.cleanup()
+    print(text, "lmstudio" in sys.modules)
+
+asyncio.run(main())
+"""
+    tests = Path(__file__).resolve().parent
+    done = subprocess.run([sys.executable, "-c", script, str(tests), str(tests.parent)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["A", "red", "square.", "False"]
+
+
+async def test_a_worker_that_dies_mid_stream_fails_only_that_run(lmstudio, caplog):
+    lmstudio.sdk.fragments = [sdk_fragment(f"t{i} ") for i in range(300)]
+    lmstudio.sdk.fragment_delay = 0.01
+    received: list[str] = []
+
+    async def consume() -> None:
+        async for event in stream_chat(request_for(lmstudio.url)):
+            if isinstance(event, TextDelta):
+                received.append(event.text)
+
+    task = asyncio.create_task(consume())
+    assert await eventually(lambda: received, 5)
+    pid = WORKER.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(LMStudioError, match=r"SDK worker process ended unexpectedly \(exit code -9\)") as failed:
+        await asyncio.wait_for(task, 5)
+    assert failed.value.transient  # worth the node's one more try
+    lmstudio.sdk.fragments = [sdk_fragment("back")]
+    lmstudio.sdk.fragment_delay = 0.0
+    assert await answer(request_for(lmstudio.url)) == "back"  # a new worker, by itself
+    assert WORKER.pid not in (None, pid)
+
+
+async def test_the_workers_log_reaches_comfyuis_log(aiohttp_server, caplog):
+    """What the worker logs (here a reconnect) is logged in ComfyUI's process under the same name and level."""
+    caplog.set_level(logging.INFO, logger="lmstudio_stream")
+    try:
+        _, url = await restarted_with(aiohttp_server)
+        assert await answer(request_for(url)) == "A red square."
+        assert await eventually(lambda: any("kept connection" in r.getMessage() for r in caplog.records))
+        record = next(r for r in caplog.records if "kept connection" in r.getMessage())
+        assert (record.name, record.levelno) == ("lmstudio_stream", logging.INFO)
+    finally:
+        await WORKER.close_connections()
+
+
+def test_a_request_crosses_to_the_worker_whole():
+    from lmstudio_pack.chat import Finished, Notice, Progress, ReasoningDelta, Stats
+    from lmstudio_pack.conversation import Turn
+    from lmstudio_pack.sdk_wire import event_from_wire, event_to_wire, request_from_wire, request_to_wire
+
+    jpeg = b"\xff\xd8jpeg"
+    request = ChatRequest(
+        prompt="Next", server_url="http://10.0.0.2:1234", mode=ConnectionMode.SDK, model="m", system_prompt="S",
+        images=(jpeg,), temperature=0.2, max_tokens=9, seed=3, ttl_seconds=60, top_p=0.9, top_k=4, min_p=0.1,
+        repeat_penalty=1.1, stop=("\n\n",), draft_model="d", context_length=8192, json_schema={"type": "object"},
+        history=(Turn("First", (jpeg,), "One", "resp_1"),), store=True, api_token="sk-lm-x:y", idle_timeout=9.0,
+    )
+    assert request_from_wire(pickle.loads(pickle.dumps(request_to_wire(request)))) == request
+    for event in (Progress("model_load", 0.5), Notice("context", "kept"),
+                  Finished(Stats(mode="SDK", model="m", output_tokens=3, draft_tokens=2), "resp_2")):
+        assert event_from_wire(event_to_wire(event)) == event
+    assert event_to_wire(TextDelta("a")) == ("text", "a") and event_to_wire(ReasoningDelta("b")) == ("reasoning", "b")
