@@ -4,8 +4,10 @@ not importable) and the tests' local LM Studio stand-in on loopback. Benches are
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -17,6 +19,19 @@ TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 import conftest  # noqa: E402,F401  (puts the package under its alias and ComfyUI's stand-in on the path)
 from fake_lmstudio import FakeLMStudio, serve  # noqa: E402  (serve: for the benches)
+
+# The node keeps finished answers (resume) in ComfyUI's user folder and serves a repeated request from there: a
+# bench gets a fresh folder, and asks each request with a new seed (`SEEDS`), so that every run reaches LM Studio.
+SEEDS = itertools.count(1)
+
+
+def _fresh_user_folder() -> None:
+    import folder_paths  # ComfyUI's stand-in, importable once conftest is
+
+    folder_paths.set_user_directory(tempfile.mkdtemp(prefix="lmstudio-bench-"))
+
+
+_fresh_user_folder()
 
 
 async def median_time(make: Callable[[], Awaitable[object]], rounds: int) -> float:

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from _harness import FakeLMStudio, median_time, serve
+from _harness import SEEDS, FakeLMStudio, median_time, serve
 from chat_node_helpers import run, run_list
 from lmstudio_pack.sdk_process import WORKER
 
@@ -33,12 +33,12 @@ async def main() -> None:
     try:
         print(f"{'mode':<18} {'images':>6} {'one item':>9} {'ideal':>8} {'elapsed':>8} {'ratio':>6} {'peak':>5}")
         for mode in MODES:
-            await run(fake.url, mode, image=image)  # warm up (the SDK opens its kept connection here)
-            one = await median_time(lambda mode=mode: run(fake.url, mode, image=image), 3)
+            await run(fake.url, mode, image=image, seed=next(SEEDS))  # warm up (the SDK opens its kept connection here)
+            one = await median_time(lambda mode=mode: run(fake.url, mode, image=image, seed=next(SEEDS)), 3)
             for count in (12, 100):
                 fake.peak_in_flight = 0
                 started = time.perf_counter()
-                await run_list(fake.url, mode, count=count, per_item={"image": [image] * count})
+                await run_list(fake.url, mode, count=count, per_item={"image": [image] * count}, seed=next(SEEDS))
                 elapsed = time.perf_counter() - started
                 ideal = math.ceil(count / 4) * one
                 print(f"{mode:<18} {count:>6} {one:>8.3f}s {ideal:>7.2f}s {elapsed:>7.2f}s {elapsed / ideal:>6.2f} "
