@@ -271,7 +271,7 @@ class SdkWorker:
         try:
             process.send(message[0], run_id, *message[1:])
             while True:
-                for item in await handoff.get_batch(3600.0):
+                for item in await handoff.get_batch(3600.0):  # the worker answers, or dies and its end answers
                     if isinstance(item, BaseException):
                         raise item
                     if isinstance(item, _Result):

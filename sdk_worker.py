@@ -23,7 +23,7 @@ import threading
 from typing import IO, Any
 
 from . import sdk_runtime
-from .chat import LMStudioError
+from .chat import ChatRequest, LMStudioError
 from .sdk_backend import stream_sdk, unload_sdk
 from .sdk_runtime import RUNTIME
 from .sdk_wire import Message, error_to_wire, event_to_wire, read_frame, request_from_wire, write_frame
@@ -38,7 +38,7 @@ class _Replies:
         self._stream, self._lock = stream, threading.Lock()
 
     def send(self, *message: Any) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError, ValueError):  # ComfyUI is gone: its end of stdin closes too
             write_frame(self._stream, message)
 
 
@@ -51,8 +51,7 @@ class _ForwardedLog(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):  # a closed pipe: ComfyUI is gone, and so are its logs
-            self._replies.send("log", record.name, record.levelno, self.format(record))
+        self._replies.send("log", record.name, record.levelno, self.format(record))
 
 
 class _Worker:
@@ -93,13 +92,13 @@ class _Worker:
             self.replies.send("error", run_id, f"LM Studio SDK mode failed: {type(exc).__name__}: {exc}", False)
         self.replies.send("done", run_id)
 
-    async def _chat(self, run_id: int, request: Any) -> None:
+    async def _chat(self, run_id: int, request: ChatRequest) -> None:
         events = stream_sdk(request)
         async with contextlib.aclosing(events):
             async for event in events:
                 self.replies.send("event", run_id, event_to_wire(event))
 
-    async def _unload(self, run_id: int, request: Any, identifier: str, confirm: float, poll: float) -> None:
+    async def _unload(self, run_id: int, request: ChatRequest, identifier: str, confirm: float, poll: float) -> None:
         unloaded = await unload_sdk(request, identifier, confirm_seconds=confirm, poll_seconds=poll)
         self.replies.send("result", run_id, unloaded)
 

@@ -225,3 +225,29 @@ async def test_stream_chat_stays_usable_without_comfyui_concepts(lmstudio):
     # the client knows nothing of nodes: the same request streams from a plain coroutine
     events_ = [e async for e in stream_chat(ChatRequest(prompt="x", server_url=lmstudio.url, model=MODEL))]
     assert events_
+
+
+# ------------------------------------------------------------------------------------------ SDK worker process
+
+
+async def test_a_crashed_sdk_worker_costs_one_more_try_not_the_answer(lmstudio):
+    """The SDK worker dies mid-answer (killed, out of memory): the node tries once more, in a new worker."""
+    import asyncio
+    import os
+    import signal
+
+    from fake_lmstudio import sdk_fragment
+    from lmstudio_pack.sdk_process import WORKER
+
+    lmstudio.sdk.fragments = [sdk_fragment(f"t{i} ") for i in range(100)]
+    lmstudio.sdk.fragment_delay = 0.01
+    answer = asyncio.create_task(run(lmstudio.url, "SDK"))
+    while not lmstudio.sdk.sent("channelCreate", "predict"):
+        await asyncio.sleep(0.01)
+    first = WORKER.pid
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    output = await asyncio.wait_for(answer, 20)
+    assert output.args[0] == "".join(f"t{i} " for i in range(100))
+    assert len(lmstudio.sdk.sent("channelCreate", "predict")) == 2
+    assert WORKER.pid not in (None, first)
