@@ -1,4 +1,4 @@
-"""The SDK mode's lasting connection: reuse, sharing, reconnects, idle close, Cancel in every phase, silent or
+"""The SDK mode's lasting connection and its worker process: reuse, sharing, reconnects, idle close, Cancel in every
 wrong servers, and shutdown. The real `lmstudio` package against the stand-in's websocket protocol."""
 
 from __future__ import annotations
