@@ -1,5 +1,6 @@
 """The SDK mode's lasting connection and its worker process: reuse, sharing, reconnects, idle close, Cancel in every
-wrong servers, and shutdown. The real `lmstudio` package against the stand-in's websocket protocol."""
+phase, silent or wrong servers, shutdown, and a worker that dies. The real `lmstudio` package against the
+stand-in's websocket protocol."""
 
 from __future__ import annotations
 
