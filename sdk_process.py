@@ -195,12 +195,12 @@ class SdkWorker:
         process = self._process
         return process.pid if process is not None and process.alive else None
 
-    def _started(self) -> _Process:
-        """The live worker, started if there is none (blocks for the start: call it off the event loop)."""
+    def _start(self) -> None:
+        """Start the worker unless one is alive (blocks for the start: call it off the event loop)."""
         with self._start_lock:  # one start at a time; `_lock` itself is only ever held for a moment
             with self._lock:
                 if self._process is not None and self._process.alive:
-                    return self._process
+                    return
             if importlib.util.find_spec("lmstudio") is None:
                 raise LMStudioError(
                     "The SDK mode needs the lmstudio package. Run `pip install -r requirements.txt` with ComfyUI's "
@@ -210,16 +210,17 @@ class SdkWorker:
             process.wait_ready()
             with self._lock:
                 self._process = process
-            return process
 
     async def _open(self, handoff: Handoff) -> tuple[_Process, int]:
-        """A live worker with a run registered on it. Registered under the lock, so `retire` never ends a worker a
-        run has just chosen; and on the loop, so a run cancelled while the worker starts leaves nothing behind."""
+        """The live worker (started if need be) with a run registered on it. Registered under the lock, so `retire`
+        never ends a worker a run has just chosen; and on the loop, so a run cancelled while the worker starts
+        leaves nothing behind."""
         while True:
-            process = await asyncio.to_thread(self._started)
             with self._lock:
-                if self._process is process and process.alive:
+                process = self._process
+                if process is not None and process.alive:
                     return process, process.open(handoff)
+            await asyncio.to_thread(self._start)
 
     def retire(self, process: _Process) -> None:
         """The worker says it is idle: end it, unless a run came in meanwhile."""

@@ -3,11 +3,11 @@
     python bench/bench_sdk.py                    # through ComfyUI's stand-in, the server in a thread
     python bench/bench_sdk.py --comfyui 0.8.0    # through a real ComfyUI server (../shared/comfyui/setup.sh)
 
-`--comfyui`: three processes, as a user's machine has them: the LM Studio stand-in in its own, a real ComfyUI
-server with the pack, and this one, which queues the node and reads the same stream with raw clients (a kept
-`lmstudio.AsyncClient`; aiohttp reading the SSE to its end for the HTTP modes). The node's time is from the
-`executing` to the `executed` message of its node, median of ROUNDS_COMFYUI runs interleaved with the raw ones
-(and the median of each round's raw/node ratio).
+`--comfyui`: three processes, as a user's machine has them: the LM Studio stand-in in its own, a real ComfyUI server
+with the pack, and this one, which queues the node and reads the same stream with raw clients (a kept
+`lmstudio.AsyncClient`; for the HTTP modes, aiohttp reading the SSE to its end and parsing each event's JSON). The
+node's time is from the `executing` to the `executed` message of its node, median of ROUNDS_COMFYUI runs interleaved
+with the raw ones (and the median of each round's raw/node ratio).
 
 Against the tests' LM Studio stand-in on loopback, served from its own thread (so the figures are overhead, not a
 model's speed, and nothing measured shares a loop with the server), through the node and ComfyUI's stand-in:
@@ -104,16 +104,21 @@ _ENDPOINTS = {"REST API": "/api/v1/chat", "OpenAI-compatible": "/v1/chat/complet
 
 
 async def raw_http(url: str, mode: str) -> int:
-    """The same stream as the node asks for, read to its end with aiohttp: what the transport alone costs."""
+    """The same stream as the node asks for, read to its end with aiohttp and each event's JSON parsed: the least any
+    client must do with it."""
+    import json
+
     import aiohttp
 
     body = {"model": MODEL, "stream": True, "store": False, "input": "Describe"} if mode == "REST API" else {
         "model": MODEL, "stream": True, "messages": [{"role": "user", "content": "Describe"}]}
-    lines = 0
+    events = 0
     async with aiohttp.ClientSession() as session, session.post(url + _ENDPOINTS[mode], json=body) as response:
-        async for _ in response.content:
-            lines += 1
-    return lines
+        async for line in response.content:
+            if line.startswith(b"data:") and not line.startswith(b"data: [DONE]"):
+                json.loads(line[5:])
+                events += 1
+    return events
 
 
 async def node_in_comfyui(server, url: str, mode: str, seed: int) -> float:
