@@ -100,6 +100,8 @@ class ThinkSplitter:
 
 def _partial_suffix(text: str, tag: str) -> int:
     """Length of the longest end of `text` that is a start of `tag` (a tag split across chunks)."""
+    if tag[0] not in text[-(len(tag) - 1):]:
+        return 0  # the common case, per streamed chunk: no tag can start in the last few characters
     for size in range(min(len(tag) - 1, len(text)), 0, -1):
         if text.endswith(tag[:size]):
             return size
