@@ -402,6 +402,9 @@ async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lm
     picked = await ui.evaluate("""(async () => {
         const button = T.widget(__node, "refresh models");
         await button.callback();
+        // A refresh the server_url change scheduled (400 ms after typing) may supersede the button's: wait for the
+        // list itself, not for the button's refresh.
+        await T.until(() => T.widget(__node, "pick model").options.values.length > 1);
         await T.frames(4);
         const picker = T.widget(__node, "pick model");
         const values = [...picker.options.values];
