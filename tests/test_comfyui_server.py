@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import sqlite3
 import time
 import uuid
@@ -256,15 +257,29 @@ async def test_a_list_killed_mid_run_resumes_after_a_restart(own_comfyui_server,
 def sdk_workers(server: real_comfyui.ComfyServer) -> list[int]:
     """The pids of the SDK worker processes ComfyUI started, each checked to run ComfyUI's own Python."""
     assert server._process is not None
-    pid = server._process.pid
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     workers = []
-    for child in map(int, children):
+    for child in children(server._process.pid):
         command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
         if any(b"lmstudio_sdk_worker_pack" in part for part in command):
             assert command[0].decode() == str(server.python)
             workers.append(child)
     return workers
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is process `pid`, whichever of its threads started them.
+
+    `/proc/PID/task/TID/children` lists only the children of that one thread, and ComfyUI starts the worker from a
+    pool thread, so the parent's pid in each process's status is what tells."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # it ended while we looked
+            continue
+        if re.search(rf"^PPid:\t{pid}$", text, re.MULTILINE):
+            found.append(int(status.parent.name))
+    return found
 
 
 async def gone(pid: int, seconds: float = 5.0) -> bool:
