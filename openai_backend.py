@@ -6,7 +6,7 @@ Serves LM Studio and any other OpenAI-compatible server (llama.cpp's llama-serve
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -114,11 +114,12 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
     finish_reason = None
     served_model = None
 
-    def pieces(reasoning: str, content: str) -> Iterator[StreamEvent]:
-        if reasoning:
-            yield ReasoningDelta(reasoning)
+    def pieces(reasoning: str, content: str) -> list[StreamEvent]:
+        """One chunk's events: its reasoning field, then its content split at inline `<think>` tags."""
+        events: list[StreamEvent] = [ReasoningDelta(reasoning)] if reasoning else []
         for is_reasoning, text in splitter.feed(content):
-            yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
+            events.append(ReasoningDelta(text) if is_reasoning else TextDelta(text))
+        return events
 
     async for sse in sse_events(session, base, f"{base}{ENDPOINT}", openai_payload(request, model), request):
         if sse.data.strip() == "[DONE]":
@@ -133,10 +134,11 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
             delta = choice.get("delta") or {}
             finish_reason = choice.get("finish_reason") or finish_reason
             reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-            for event in pieces(str(reasoning), str(delta.get("content") or "")):
-                now = time.monotonic()
-                first_token = first_token or now
-                last_token = now
+            events = pieces(str(reasoning), str(delta.get("content") or ""))
+            if events:  # tokens arrive a chunk at a time
+                last_token = time.monotonic()
+                first_token = first_token or last_token
+            for event in events:
                 yield event
     else:
         raise IncompleteStream()
