@@ -434,6 +434,19 @@ async def test_the_sdk_runs_in_a_worker_process_that_stays(lmstudio):
     assert WORKER.pid == pid  # one worker for every run, kept between them
 
 
+async def test_without_the_lmstudio_package_the_sdk_mode_says_what_to_do(lmstudio, monkeypatch):
+    """Where ComfyUI's Python lacks lmstudio, no worker starts and the message names the fix and the other modes."""
+    find_spec = sdk_process.importlib.util.find_spec
+    monkeypatch.setattr(sdk_process.importlib.util, "find_spec",
+                        lambda name, *args: None if name == "lmstudio" else find_spec(name, *args))
+    worker = sdk_process.SdkWorker()
+    with pytest.raises(LMStudioError, match=r"needs the lmstudio package.*pip install -r requirements.txt.*REST API"):
+        async for _ in worker.stream(request_for(lmstudio.url)):
+            pass
+    assert worker.pid is None
+    assert lmstudio.predictions == []
+
+
 def test_comfyuis_process_never_imports_the_sdk():
     """Only the worker imports lmstudio: an SDK run leaves ComfyUI's process without it."""
     script = """
