@@ -28,6 +28,7 @@ class ListRun:
     # Items started so far (every item of a list is started within the same few loop turns); kept, not derived,
     # because every message to the browser carries it.
     count: int = 0
+    returned: int = 0  # items that have returned their output so far
 
     def start(self, index: int) -> None:
         self.states[index] = QUEUED
@@ -49,6 +50,11 @@ class ListRun:
         new = self.notices.get(kind) != text
         self.notices[kind] = text
         return "\n".join(self.notices.values()), new
+
+    def returned_next(self) -> int:
+        """An item returns its output: its place in the order the run's items returned (1 = first)."""
+        self.returned += 1
+        return self.returned
 
     def active(self, besides: int | None = None) -> bool:
         """Whether any item (other than `besides`) is still queued or running."""

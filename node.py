@@ -602,8 +602,10 @@ def _output(
 ) -> io.NodeOutput:
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
     # ComfyUI concatenates the items' `ui` lists in list order. It replaces what the stream drew, so it carries the
-    # run's notices as they stood when this item finished.
-    entry = {"index": channel.index, "text": answer.text, "reasoning": answer.reasoning, "stats": summary}
+    # run's notices as they stood when this item finished, and when that was: items finish out of list order (an
+    # answer back from the last run at once, before earlier items), and the widget shows the last-returned item's.
+    entry = {"index": channel.index, "text": answer.text, "reasoning": answer.reasoning, "stats": summary,
+             "returned": channel.run.returned_next()}
     if error:
         entry["error"] = error
     if channel.run.notices:

@@ -93,7 +93,8 @@ async def test_event_order_and_outputs_equal_the_deltas(lmstudio, comfy, mode):
     assert max(i for i, k in enumerate(kinds) if k == "reasoning") < min(i for i, k in enumerate(kinds) if k == "text")
     assert events()[-2] == ("stats", stats)
     assert f"mode: {mode}" in stats and f"model: {MODEL}" in stats
-    assert output.ui == {"lmstudio": [{"index": 0, "text": text, "reasoning": reasoning, "stats": stats}]}
+    assert output.ui == {"lmstudio": [{"index": 0, "text": text, "reasoning": reasoning, "stats": stats,
+                                      "returned": 1}]}
 
 
 async def test_rest_statistics_string(lmstudio, comfy):

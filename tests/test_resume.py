@@ -176,9 +176,32 @@ async def test_resumed_answers_are_exactly_the_first_ones(lmstudio, comfy):
     lmstudio.predictions.clear()
     again, again_ui, _ = await run_list(lmstudio.url, "SDK", count=3)
     assert again == first and not lmstudio.predictions
-    # The view gets the same entries, and the word that they came back.
-    notices = [entry.pop("notice") for entry in again_ui["lmstudio"]]
-    assert again_ui == first_ui and notices[-1].startswith("3 of 3 answers came back finished")
+    # The view gets the same entries, and the word that they came back (on the item that returned last).
+    latest = max(again_ui["lmstudio"], key=lambda entry: entry["returned"])
+    assert latest["notice"].startswith("3 of 3 answers came back finished")
+    for entry in (*first_ui["lmstudio"], *again_ui["lmstudio"]):
+        entry.pop("notice", None), entry.pop("returned")
+    assert again_ui == first_ui
+
+
+async def test_the_item_that_returns_last_carries_the_final_notice(lmstudio, comfy):
+    """Items return out of list order: here the list's last item comes back first (its image encodes at once, the
+    big one before it does not), and the generated item 0 returns last. The widget shows the notice of the item
+    with the highest `returned`, so it must carry the final count, whatever the list's last item says."""
+    lmstudio.echo = True
+    slow(lmstudio, 0.02)
+    small = torch.rand(1, 16, 16, 3)
+    lmstudio.delay_for = {"A": 1.0}  # generated: it returns after the encoding of the big image, however slow
+    big = torch.linspace(0, 1, 3000).view(1, 1, 3000, 1).expand(1, 3000, 3000, 3)  # resized and encoded: ~100 ms
+    await run_list(lmstudio.url, "REST API", count=2, per_item={"image": [big, small], "prompt": ["B", "C"]})
+    outputs, ui, _ = await next_prompt(run_list(
+        lmstudio.url, "REST API", count=3, per_item={"image": [small, big, small], "prompt": ["A", "B", "C"]}))
+    assert outputs[0] == ["Answer to A", "Answer to B", "Answer to C"]
+    entries = ui["lmstudio"]
+    assert [entry["returned"] for entry in entries] == [3, 2, 1], entries  # C back first, then B, then A generated
+    assert entries[-1]["notice"].startswith("1 of 3 answers came back finished")
+    latest = max(entries, key=lambda entry: entry["returned"])
+    assert latest["notice"].startswith("2 of 3 answers came back finished"), entries
 
 
 async def test_a_failed_list_with_raise_loses_nothing(lmstudio, comfy):

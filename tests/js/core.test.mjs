@@ -323,6 +323,19 @@ test("the executed output keeps the run's notices: the last item's word stands",
   assert.equal(stateFromExecuted({ lmstudio: [{ text: "A", stats: "s" }] }).notice, "");
 });
 
+test("the executed output shows the notice of the item that returned last, not of the list's last item", () => {
+  // Items 1 and 2 came back from the last run, item 2 first (its image was quicker to encode); item 0 was generated.
+  const state = stateFromExecuted({
+    lmstudio: [
+      { index: 0, text: "A", stats: "s", returned: 3, notice: "2 of 3 answers came back finished" },
+      { index: 1, text: "B", stats: "s", returned: 2, notice: "2 of 3 answers came back finished" },
+      { index: 2, text: "C", stats: "s", returned: 1, notice: "1 of 3 answers came back finished" },
+    ],
+  });
+  assert.equal(state.notice, "2 of 3 answers came back finished");
+  assert.deepEqual([...state.items.keys()], [0, 1, 2]); // the answers stay in list order
+});
+
 test("a turn of a chat says which, in the line above the panes, live and from the executed output", () => {
   const state = createState();
   applyUpdate(state, "clear", "", 0, 1);

@@ -157,9 +157,15 @@ export function stateFromExecuted(output) {
   });
   state.count = Math.max(entries.length, ...[...state.items.keys()].map((i) => i + 1));
   state.focus = Math.min(...state.items.keys());
-  // Each item carries the run's notices as they stood when it finished: the latest word is the one to show.
-  const notices = entries.map((entry) => entry.notice).filter((notice) => typeof notice === "string" && notice);
-  state.notice = notices.length ? notices[notices.length - 1] : "";
+  // Each item carries the run's notices as they stood when it returned: the latest word is the one to show. Items
+  // return out of list order (an answer back from the last run comes at once), so `returned` says which is latest
+  // (absent from older servers: list order).
+  const returned = (entry, position) => (Number.isInteger(entry.returned) ? entry.returned : position);
+  const latest = entries
+    .map((entry, position) => [returned(entry, position), entry.notice])
+    .filter(([, notice]) => typeof notice === "string" && notice)
+    .sort(([a], [b]) => a - b);
+  state.notice = latest.length ? latest[latest.length - 1][1] : "";
   state.turn = Math.max(1, ...entries.map((entry) => (Number.isInteger(entry.turn) ? entry.turn : 1)));
   return state;
 }
