@@ -180,7 +180,8 @@ async def test_resumed_answers_are_exactly_the_first_ones(lmstudio, comfy):
     latest = max(again_ui["lmstudio"], key=lambda entry: entry["returned"])
     assert latest["notice"].startswith("3 of 3 answers came back finished")
     for entry in (*first_ui["lmstudio"], *again_ui["lmstudio"]):
-        entry.pop("notice", None), entry.pop("returned")
+        entry.pop("notice", None)
+        entry.pop("returned")
     assert again_ui == first_ui
 
 
@@ -192,7 +193,7 @@ async def test_the_item_that_returns_last_carries_the_final_notice(lmstudio, com
     slow(lmstudio, 0.02)
     small = torch.rand(1, 16, 16, 3)
     lmstudio.delay_for = {"A": 1.0}  # generated: it returns after the encoding of the big image, however slow
-    big = torch.linspace(0, 1, 3000).view(1, 1, 3000, 1).expand(1, 3000, 3000, 3)  # resized and encoded: ~100 ms
+    big = torch.linspace(0, 1, 3000).view(1, 1, 3000, 1).expand(1, 3000, 3000, 3)  # sent: ~0.4 s
     await run_list(lmstudio.url, "REST API", count=2, per_item={"image": [big, small], "prompt": ["B", "C"]})
     outputs, ui, _ = await next_prompt(run_list(
         lmstudio.url, "REST API", count=3, per_item={"image": [small, big, small], "prompt": ["A", "B", "C"]}))
