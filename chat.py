@@ -215,15 +215,29 @@ StreamEvent = TextDelta | ReasoningDelta | Progress | Finished | Notice
 # --------------------------------------------------------------------------------------------------- errors
 
 
+class Failure(str, Enum):
+    """What a failure says about asking again."""
+
+    FINAL = "final"  # a wrong setting, a missing model, a bad token: the same request fails the same way
+    TRANSIENT = "transient"  # a dropped stream, a server error: worth one more try
+    BUSY = "busy"  # the server (or a router in front of it) pushed back: wait, then ask again
+    UNREACHABLE = "unreachable"  # nothing answered: worth waiting for only while the server was answering others
+
+
 class LMStudioError(Exception):
     """A failure explained for a person: what went wrong, where, and what to try.
 
-    `transient` marks failures worth one more try (a dropped stream, a server error); a wrong setting is not.
+    `kind` says whether asking again can help; `retry_after` is a busy server's own word on when (seconds).
     """
 
-    def __init__(self, message: str, *, transient: bool = False) -> None:
+    def __init__(self, message: str, *, kind: Failure = Failure.FINAL, retry_after: float | None = None) -> None:
         super().__init__(message)
-        self.transient = transient
+        self.kind = kind
+        self.retry_after = retry_after
+
+    @property
+    def transient(self) -> bool:
+        return self.kind is Failure.TRANSIENT
 
 
 def server_name(base: str, is_lmstudio: bool) -> str:
@@ -236,7 +250,8 @@ def connection_failed(url: str, detail: str = "") -> LMStudioError:
     return LMStudioError(
         f"LM Studio connection failed. Tried {url}{why}. Is LM Studio running with its local server started "
         "(Developer tab > Start Server, or `lms server start`)? For LM Studio on another machine, enable "
-        "'Serve on Local Network' there and use that machine's address in server_url."
+        "'Serve on Local Network' there and use that machine's address in server_url.",
+        kind=Failure.UNREACHABLE,
     )
 
 
@@ -292,7 +307,7 @@ def stream_dropped(received_chars: int, who: str = LMSTUDIO) -> LMStudioError:
     return LMStudioError(
         f"{who} closed the connection before the answer was complete ({received_chars} characters received). "
         "The model may have crashed, run out of memory or been unloaded: see the server's log.",
-        transient=True,
+        kind=Failure.TRANSIENT,
     )
 
 
@@ -382,13 +397,39 @@ def refuses_images(message: str) -> bool:
     return any(phrase in lowered for phrase in _IMAGE_REFUSALS)
 
 
+# A server or router that is full: LiteLLM's proxy ("No deployments available", "... all max_parallel_requests slots in
+# use"), SGLang's gateway, Ollama, vLLM's and llama.cpp's "busy"/"overloaded" words. Matched in any status or stream.
+_BUSY = ("no deployments available", "max_parallel_requests", "too many requests", "server is busy",
+         "server busy", "overloaded", "rate limit", "ratelimit", "rate_limit", "try again later")
+_BUSY_STATUSES = (429, 503, 529)
+# A 429 that no wait cures: an exhausted quota or budget (OpenAI's `insufficient_quota`, LiteLLM's budgets).
+_NOT_BUSY = ("quota", "budget", "billing")
+
+
+def is_busy(status: int, message: str) -> bool:
+    """Whether a refusal means "full, ask again later" rather than "this request is wrong"."""
+    lowered = message.lower()
+    if any(phrase in lowered for phrase in _NOT_BUSY):
+        return False
+    return status in _BUSY_STATUSES or any(phrase in lowered for phrase in _BUSY)
+
+
+def server_busy(who: str, detail: str, retry_after: float | None, answer: str = "") -> LMStudioError:
+    """A full server (or router): `answer` names the HTTP answer where there was one ("HTTP 429 from <url>")."""
+    said = f"{answer}: " if answer else ""
+    return LMStudioError(f"{who} is busy ({said}{detail[:200]})", kind=Failure.BUSY, retry_after=retry_after)
+
+
 def http_error(
-    status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False
+    status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False,
+    retry_after: float | None = None,
 ) -> LMStudioError:
-    """Map an HTTP error (status and the server's body) to one human message."""
+    """Map an HTTP error (status, the server's body, its Retry-After) to one human message."""
     message, code = server_message(body)
     if status in (401, 403) or code == "invalid_api_key":
         return auth_required(message)
+    if is_busy(status, f"{message} {code}"):
+        return server_busy(who, message or code, retry_after, f"HTTP {status} from {url}")
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):
         return model_not_found(model, message, who)
     if images and refuses_images(message):
@@ -409,7 +450,8 @@ def http_error(
         return not_lmstudio(url, f"it has no chat endpoint there (HTTP {status})")
     if status == 404:
         return LMStudioError(f"LM Studio has no endpoint {url} (HTTP 404: {message}).")
-    return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}", transient=status >= 500)
+    return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}",
+                         kind=Failure.TRANSIENT if status >= 500 else Failure.FINAL)
 
 
 def stream_error(error: Any, model: str, who: str = LMSTUDIO) -> LMStudioError:
@@ -423,4 +465,6 @@ def stream_error(error: Any, model: str, who: str = LMSTUDIO) -> LMStudioError:
         return context_overflow(message, who)
     if is_chain_gone(f"{message} {code}"):
         return chain_gone(message)
-    return LMStudioError(f"{who} reported an error: {message}", transient=True)
+    if is_busy(0, message):
+        return server_busy(who, message, None)
+    return LMStudioError(f"{who} reported an error: {message}", kind=Failure.TRANSIENT)

@@ -12,9 +12,11 @@ from typing import Any
 
 import aiohttp
 
+from .backoff import retry_after
 from .chat import (
     LMSTUDIO,
     ChatRequest,
+    Failure,
     LMStudioError,
     ModelInfo,
     ReasoningDelta,
@@ -80,7 +82,7 @@ def transport_error(exc: BaseException, url: str, received_chars: int, who: str 
         return idle_timeout(url, received_chars, who)
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)):
         return stream_dropped(received_chars, who)
-    return LMStudioError(f"{who}: the request to {url} failed: {exc}", transient=True)
+    return LMStudioError(f"{who}: the request to {url} failed: {exc}", kind=Failure.TRANSIENT)
 
 
 async def open_request(session: aiohttp.ClientSession, method: str, url: str, request: ChatRequest, **kwargs: Any):
@@ -105,7 +107,8 @@ async def get_json(session: aiohttp.ClientSession, url: str, request: ChatReques
     async with await open_request(session, "GET", url, request) as response:
         body = await read_body(response)
         if response.status >= 400:
-            raise http_error(response.status, body, url, request.model, await identify(session, base))
+            raise http_error(response.status, body, url, request.model, await identify(session, base),
+                             retry_after=retry_after(response.headers, time.time()))
         return body
 
 
@@ -118,7 +121,8 @@ async def sse_events(
             body = await read_body(response)
             who = await identify(session, base)
             model = str(payload.get("model", ""))
-            raise http_error(response.status, body, url, model, who, images=bool(request.images))
+            raise http_error(response.status, body, url, model, who, images=bool(request.images),
+                             retry_after=retry_after(response.headers, time.time()))
         if "text/event-stream" not in response.headers.get("Content-Type", ""):
             # LM Studio answers unknown endpoints with 200 and a JSON error instead of a 404.
             body = await read_body(response)

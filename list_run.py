@@ -9,6 +9,7 @@ latches it here for every item of the prompt. State lives per event loop, i.e. p
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from dataclasses import dataclass, field
 
@@ -29,6 +30,8 @@ class ListRun:
     # because every message to the browser carries it.
     count: int = 0
     returned: int = 0  # items that have returned their output so far
+    waited_items: set[int] = field(default_factory=set)  # items that waited out a busy server at least once
+    started_at: float = field(default_factory=time.monotonic)
 
     def start(self, index: int) -> None:
         self.states[index] = QUEUED
@@ -56,9 +59,28 @@ class ListRun:
         self.returned += 1
         return self.returned
 
+    def summary(self, now: float) -> str:
+        """The list in one line: how many items came back how, and how fast."""
+        done = sum(state == DONE for state in self.states.values())
+        failed = sum(state == FAILED for state in self.states.values())
+        parts = [f"{done} of {self.count} done"]
+        if self.resumed:
+            parts.append(f"{self.resumed} resumed")
+        if self.waited_items:
+            parts.append(f"{len(self.waited_items)} waited for a busy server")
+        if failed:
+            parts.append(f"{failed} failed")
+        seconds = max(now - self.started_at, 1e-6)
+        return f"list: {', '.join(parts)} | {self.count * 60 / seconds:.1f} items/min | {_duration(seconds)}"
+
     def active(self, besides: int | None = None) -> bool:
         """Whether any item (other than `besides`) is still queued or running."""
         return any(s in (QUEUED, RUNNING) for i, s in self.states.items() if i != besides)
+
+
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 
 
 @dataclass

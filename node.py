@@ -1,7 +1,8 @@
-"""The LM Studio Chat node: adapts the client's stream events to ComfyUI (websocket, progress bar, outputs).
+"""The LM Studio Chat node: one run's story, from inputs to the answer on the node and its outputs.
 
-A list (a dataset folder, a rebatched SDXL batch) runs this node once per item, every item at once; the items
-share one `ListRun` and, per server and model, one `SlotPool`, so LM Studio gets at most N of them at a time.
+The prompt and images become a `ChatRequest`; an answer kept from an earlier run comes back at once; otherwise the
+item waits for a slot and streams (`list_item`, which also waits out a busy server), and the answer, its statistics
+and the chat so far are the outputs. A list runs this once per item, every item at once (see `list_item`).
 """
 
 from __future__ import annotations
@@ -9,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import asdict
 
 import comfy.model_management as model_management
 import folder_paths
 from aiohttp import web
-from comfy.utils import ProgressBar
 from comfy_api.latest import ComfyExtension, io
-from comfy_execution.utils import get_executing_context
 from server import PromptServer
 
 from .answer_store import Answer, AnswerStore
@@ -29,10 +29,11 @@ from .chat import (
     api_token_from_env,
     unsent_settings,
 )
-from .client import list_models, parallel_slots, stream_chat, unload_model
+from .client import list_models, unload_model
 from .conversation import Conversation, Turn
 from .json_field_node import LMStudioJSONField
-from .list_run import CANCELLED, DONE, FAILED, QUEUED, RUNNING, ListRun, list_run, prompt_state
+from .list_item import QUEUE_POLL_SECONDS, Aborted, ItemChannel, start_item, stop_reason, stream_item
+from .list_run import CANCELLED, DONE, FAILED
 from .options_node import (
     CATEGORY,
     ON_ERROR_RAISE,
@@ -45,21 +46,12 @@ from .options_node import (
 )
 from .prompt_graph import input_linked, linked_outputs
 from .relay import StreamRelay
-from .slots import SlotPool, pool_for
-from .utils import MAX_BATCH_IMAGES, encode_images, normalize_server_url
+from .utils import MAX_BATCH_IMAGES, encode_images
 
 log = logging.getLogger("lmstudio_stream")
 
-STREAM_EVENT = "lmstudio.stream.update"
 CONVERSATION_TYPE = "LMSTUDIO_CONVERSATION"
 CONVERSATION_OUTPUT = 8  # the conversation output's index, as the prompt's links name it
-# One websocket message per tick at most (plus one more where reasoning turns into the answer): ~30 a second,
-# whatever the token rate. The same tick polls ComfyUI's interrupt flag, well inside the 100 ms budget.
-TICK_SECONDS = 1 / 30
-# A queued item only waits: a slower poll keeps a 200-item list from waking the loop 6,000 times a second.
-QUEUE_POLL_SECONDS = 0.1
-# After Cancel, how long the stream may take to close (the SDK sends `cancel` and drains) before we give up on it.
-CANCEL_GRACE_SECONDS = 0.8
 UNLOAD_CONFIRM_SECONDS = 10.0
 # A failed first item waits this long to learn whether it is part of a list (see `_in_list`).
 LIST_SETTLE_SECONDS = 0.05
@@ -67,152 +59,6 @@ LIST_SETTLE_SECONDS = 0.05
 ANSWERS_FOLDER = "__lmstudio_stream_chat"
 # The further image sockets (core's Autogrow, as its own multi-image nodes): `image` is the first of the eight.
 MORE_IMAGES = tuple(f"image_{n}" for n in range(2, MAX_BATCH_IMAGES + 1))
-RETRIES = 1  # a transient failure (a dropped stream, HTTP 5xx, an error inside the stream) is tried once more
-_POOL_SOURCES = {
-    "server": "the loaded model's parallel slots",
-    "max_parallel": "max_parallel in LM Studio Chat Options",
-    "default": "the server does not report its slots",
-}
-
-
-class _Aborted(Exception):
-    """Another item of the list failed with on_error = raise: this one stops too."""
-
-
-class ItemChannel:
-    """One list item's line to the browser and the progress bar. Every message names the item and the list's length."""
-
-    def __init__(self, node_id: str, index: int, run: ListRun) -> None:
-        self.node_id, self.index, self.run = node_id, index, run
-        self.turn = 1  # this call's turn of its chat
-        self._server = PromptServer.instance
-        self._client_id = self._server.client_id  # the browser tab that queued this prompt
-        self._bar = ProgressBar(100, node_id=node_id)
-
-    def send(self, chunk_type: str, content: str = "") -> None:
-        payload = {"node_id": self.node_id, "chunk_type": chunk_type, "content": content,
-                   "index": self.index, "count": self.run.count}
-        self._server.send_sync(STREAM_EVENT, payload, self._client_id)
-
-    def progress(self, fraction: float) -> None:
-        """This item's progress; the bar shows the whole list's (each finished item advances it by 1/count)."""
-        value = self.run.progress(self.index, fraction)
-        try:
-            self._bar.update_absolute(round(value * 100), 100)
-        except model_management.InterruptProcessingException:
-            prompt_state().interrupted = True  # ComfyUI's hook consumed the flag: keep it for the other items
-            raise
-
-    def notice(self, kind: str, text: str, *, warn: bool = True) -> None:
-        """A notice for the whole run (one per kind; every item's alike is logged once), shown above the answer."""
-        shown, new = self.run.note(kind, text)
-        if new:
-            log.log(logging.WARNING if warn else logging.INFO, "LM Studio Chat (node %s): %s", self.node_id, text)
-        self.send("notice", shown)
-
-    def state(self, state: str) -> None:
-        self.run.set(self.index, state)
-        self.send("item", state)
-        if state not in (QUEUED, RUNNING):
-            self.progress(1.0)
-
-
-def _list_index() -> int:
-    """This call's position in the list ComfyUI maps the node over (0 for a single run)."""
-    context = get_executing_context()
-    return (context.list_index or 0) if context is not None else 0
-
-
-def _stop_reason(run: ListRun) -> BaseException | None:
-    """Why this item must stop now, if it must: ComfyUI's Cancel (seen by any item), or another item's error."""
-    state = prompt_state()
-    if state.interrupted or model_management.processing_interrupted():
-        state.interrupted = True
-        return model_management.InterruptProcessingException()
-    if run.abort_message is not None:
-        return _Aborted(run.abort_message)
-    return None
-
-
-def _raise(reason: BaseException) -> None:
-    """Raise `reason`; for Cancel, ComfyUI's interrupt flag is consumed first (if no other item took it yet)."""
-    if isinstance(reason, model_management.InterruptProcessingException):
-        model_management.throw_exception_if_processing_interrupted()  # consumes the flag, as ComfyUI expects
-    raise reason
-
-
-async def _run_stream(request: ChatRequest, relay: StreamRelay, run: ListRun) -> None:
-    """Stream into `relay`, flushing every tick; on Cancel (or another item's error) close the stream and raise."""
-
-    async def consume() -> None:
-        async for event in stream_chat(request):
-            relay.add(event)
-
-    task = asyncio.create_task(consume())
-    reason = None
-    try:
-        while not task.done():
-            await asyncio.wait({task}, timeout=TICK_SECONDS)
-            if (reason := _stop_reason(run)) is not None:
-                break
-            relay.flush()
-    finally:
-        if not task.done():
-            # Cancelling the task closes the HTTP stream or sends the SDK's cancel, so LM Studio stops generating.
-            task.cancel()
-            await asyncio.wait({task}, timeout=CANCEL_GRACE_SECONDS)
-    relay.flush()
-    if reason is not None:
-        _raise(reason)
-    task.result()  # re-raise the stream's error, if any
-
-
-async def _wait_for_slot(pool: SlotPool, channel: ItemChannel) -> None:
-    """Queue in the node (not in LM Studio, where the idle timeout would run) until a slot is free."""
-    if pool.try_acquire():
-        return
-    acquire = asyncio.ensure_future(pool.acquire())
-    announced = False
-    try:
-        while not acquire.done():
-            await asyncio.wait({acquire}, timeout=QUEUE_POLL_SECONDS)
-            if acquire.done():
-                break
-            if not announced and pool.limit is not None:
-                announced = True
-                channel.send("status", f"Queued: {pool.limit} at a time ({_POOL_SOURCES[pool.source]})")
-            if (reason := _stop_reason(channel.run)) is not None:
-                _raise(reason)
-    finally:
-        if not acquire.done():
-            acquire.cancel()  # `SlotPool.acquire` gives back a slot that came just as it was cancelled
-            await asyncio.wait({acquire})
-    acquire.result()
-
-
-async def _stream_item(request: ChatRequest, options: ChatOptions, relay: StreamRelay, channel: ItemChannel) -> None:
-    """Wait for a slot, stream, and try a transient failure once more; the slot is freed on every path."""
-    key = (normalize_server_url(request.server_url), request.model)
-    pool = pool_for(key, options.max_parallel, lambda: parallel_slots(request))
-    await _wait_for_slot(pool, channel)
-    try:
-        # Cancel frees the running items' slots, and a queued item may get one in the same turn: it must not send.
-        if (reason := _stop_reason(channel.run)) is not None:
-            _raise(reason)
-        channel.state(RUNNING)
-        for attempt in range(RETRIES + 1):
-            try:
-                await _run_stream(request, relay, channel.run)
-                return
-            except LMStudioError as exc:
-                if not exc.transient or attempt == RETRIES or _stop_reason(channel.run) is not None:
-                    raise
-                log.warning("LM Studio Chat (node %s, item %d): retrying after: %s", channel.node_id,
-                            channel.index, exc)
-                relay.reset()
-                channel.send("status", f"Retrying once after: {exc}")
-    finally:
-        pool.release()
 
 
 def _batch_count(image) -> int:
@@ -419,7 +265,7 @@ class LMStudioStreamChat(io.ComfyNode):
         conversation: Conversation | None = None,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
-        channel = _start_item(str(cls.hidden.unique_id))
+        channel = start_item(str(cls.hidden.unique_id))
         relay = StreamRelay(channel.send, channel.progress, channel.notice)
         chat = _chat_so_far(conversation, system_prompt, channel)
         mode = ConnectionMode(connection_mode)
@@ -448,14 +294,14 @@ class LMStudioStreamChat(io.ComfyNode):
                          request.describe())
             store = answer_store() if options.resume else None
             if store is not None and (answer := await store.lookup(request)) is not None:
-                return _resumed(answer, channel, _turned(chat, request, answer))
+                return await _resumed(answer, channel, _turned(chat, request, answer))
             if options.free_comfy_vram:
                 _free_comfy_vram(channel)
-            await _stream_item(request, options, relay, channel)
+            await stream_item(request, options.max_parallel, options.busy_wait_seconds, relay, channel)
         except model_management.InterruptProcessingException:
             _finish(channel, CANCELLED, "Cancelled")
             raise
-        except _Aborted as exc:
+        except Aborted as exc:
             _finish(channel, CANCELLED, "Stopped: another item failed")
             raise RuntimeError(str(exc)) from None
         except Exception as exc:  # the error policy decides; nothing is swallowed silently
@@ -470,7 +316,7 @@ class LMStudioStreamChat(io.ComfyNode):
         if options.after_run == UNLOAD and answer.stats.model and not channel.run.active(besides=channel.index):
             await _unload(request, answer.stats.model, channel)
         _finish(channel, DONE)
-        return _output(channel, answer, summary, _turned(chat, request, answer))
+        return await _output(channel, answer, summary, _turned(chat, request, answer))
 
 
 def _chat_so_far(conversation: Conversation | None, system_prompt: str, channel: ItemChannel) -> Conversation:
@@ -502,16 +348,6 @@ def _images(image, more_images: dict | None) -> list:
 
 
 
-def _start_item(node_id: str) -> ItemChannel:
-    """This call's place in its list (a single run is a list of one), announced to the browser."""
-    index = _list_index()
-    run = list_run(node_id, index)
-    run.start(index)
-    channel = ItemChannel(node_id, index, run)
-    channel.send("clear")
-    return channel
-
-
 def _finish(channel: ItemChannel, state: str, status: str = "") -> None:
     channel.state(state)
     if status:
@@ -530,7 +366,7 @@ def answer_store() -> AnswerStore:
 _stores: dict[str, AnswerStore] = {}
 
 
-def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> io.NodeOutput:
+async def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> io.NodeOutput:
     """An item whose exact request was answered before: its answer again, at once, and a word on the node."""
     run = channel.run
     run.resumed += 1
@@ -545,7 +381,7 @@ def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> io.Nod
         notice = "This answer came back from an earlier run of the same request and seed; a new seed asks anew."
     channel.notice("resume", f"{notice} (resume in LM Studio Chat Options)", warn=False)
     _finish(channel, DONE)
-    return _output(channel, answer, summary, chat)
+    return await _output(channel, answer, summary, chat)
 
 
 async def _failed(
@@ -568,8 +404,8 @@ async def _failed(
         raise RuntimeError(message) from exc
     in_list = await _in_list(channel)
     text = "" if in_list else f"Error: {message}"
-    return _output(channel, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}", chat,
-                   error=message)
+    return await _output(channel, Answer(text, "".join(relay.reasoning), Stats(mode)), f"error | mode: {mode}",
+                         chat, error=message)
 
 
 async def _in_list(channel: ItemChannel) -> bool:
@@ -597,9 +433,10 @@ async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> Non
         channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
-def _output(
+async def _output(
     channel: ItemChannel, answer: Answer, summary: str, chat: Conversation, error: str = ""
 ) -> io.NodeOutput:
+    summary = await _with_list_summary(channel, summary)
     # The `ui` copy reaches the widget with the `executed` message, so a cached run still shows its answers;
     # ComfyUI concatenates the items' `ui` lists in list order. It replaces what the stream drew, so it carries the
     # run's notices as they stood when this item finished, and when that was: items finish out of list order (an
@@ -622,6 +459,22 @@ def _output(
         int(stats.reasoning_tokens or 0),
     )
     return io.NodeOutput(answer.text, answer.reasoning, summary, *figures, chat, ui=ui)
+
+
+async def _with_list_summary(channel: ItemChannel, summary: str) -> str:
+    """The statistics; the list's last item waits for the others (it holds no slot) and adds the list's summary,
+    which the node shows too. Where the last item comes, not where the last answer lands: a saver downstream reads
+    the list in order."""
+    run = channel.run
+    if run.count < 2 or channel.index != run.count - 1:
+        return summary
+    while run.active(besides=channel.index):
+        if stop_reason(run) is not None:
+            return summary  # Cancel or another item's error: the run ends without a summary
+        await asyncio.sleep(QUEUE_POLL_SECONDS)
+    line = run.summary(time.monotonic())
+    channel.notice("list", line, warn=False)
+    return f"{summary}\n{line}"
 
 
 @PromptServer.instance.routes.get("/lmstudio/models")

@@ -12,7 +12,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from .slots import DEFAULT_PARALLEL
+from .limiter import FIND_CEILING, FIND_START
 from .structured import parse_schema
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES
 
@@ -35,7 +35,7 @@ class ChatOptions:
     after_run: str = KEEP_LOADED
     idle_ttl_minutes: int = 10
     free_comfy_vram: bool = False
-    max_parallel: int = 0  # 0: as many as the server's `parallel` slots
+    max_parallel: int = 0  # 0: as many as the server's `parallel` slots, or as many as it takes (found by trying)
     resume: bool = True
     # -1 (0 for context_length, "" for the texts): nothing is sent, LM Studio's per-model setting applies.
     top_p: float = -1.0
@@ -46,6 +46,7 @@ class ChatOptions:
     draft_model: str = ""
     context_length: int = 0
     json_schema: str = ""  # empty: a free answer
+    busy_wait_seconds: int = 300  # how long one item may wait out a busy server in all
 
 
 def request_settings(options: ChatOptions) -> dict[str, Any]:
@@ -146,11 +147,12 @@ class LMStudioChatOptions(io.ComfyNode):
                     "max_parallel",
                     default=0,
                     min=0,
-                    max=64,
-                    tooltip="Most list items LM Studio works on at once, per server and model (the rest wait in the "
+                    max=FIND_CEILING,
+                    tooltip="Most list items the server works on at once, per server and model (the rest wait in the "
                     "node, shown as queued). 0: the loaded model's `parallel` slots as LM Studio reports them "
-                    "(llama.cpp: its slots); where the server does not say (a model not loaded yet, another "
-                    f"OpenAI-compatible server) {DEFAULT_PARALLEL}.",
+                    "(llama.cpp: its slots); where the server does not say (a router such as LiteLLM's proxy, vLLM, "
+                    f"a model not loaded yet) the node finds out: it starts at {FIND_START} and sends more while "
+                    "answers come back as fast and nothing is refused. A refusal lowers it for a while either way.",
                 ),
                 io.Boolean.Input(
                     "resume",
@@ -229,6 +231,16 @@ class LMStudioChatOptions(io.ComfyNode):
                     "response_text is then that JSON document, checked against the schema; read its fields with LM "
                     "Studio JSON Field. SDK and OpenAI-compatible modes (LM Studio's REST API has none). Empty: a "
                     "free answer.",
+                ),
+                # Inputs added later go last: a saved workflow holds the widgets' values by position.
+                io.Int.Input(
+                    "busy_wait_seconds",
+                    default=300,
+                    min=0,
+                    max=24 * 3600,
+                    tooltip="How long, in seconds and in all, one item waits out a server that says it is full (HTTP "
+                    "429 or 503, a router's 'no deployments available') before it fails: it asks again when the "
+                    "server's Retry-After says, else after a growing pause. 0 fails at the first refusal.",
                 ),
             ],
             outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],

@@ -27,6 +27,7 @@ import lmstudio as lms
 
 from .chat import (
     ChatRequest,
+    Failure,
     Finished,
     LMStudioError,
     Notice,
@@ -320,7 +321,8 @@ def _explain(
         if "Authentication failed" in str(exc):
             return auth_required("it rejected the token sent." if request.api_token else "none was sent.")
         # An error inside the prediction (an engine crash, say) is worth one more try; others are not.
-        return LMStudioError(f"LM Studio reported an error: {_detail(exc)}", transient=started)
+        return LMStudioError(f"LM Studio reported an error: {_detail(exc)}",
+                             kind=Failure.TRANSIENT if started else Failure.FINAL)
     if isinstance(exc, lms.LMStudioValueError):
         return LMStudioError(f"LM Studio SDK rejected a setting: {_detail(exc)}")
     if isinstance(exc, ValueError) and not connected:

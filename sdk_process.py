@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sdk_runtime
-from .chat import ChatRequest, LMStudioError, StreamEvent, idle_timeout
+from .chat import ChatRequest, Failure, LMStudioError, StreamEvent, idle_timeout
 from .sdk_runtime import Handoff
 from .sdk_wire import (
     TEXTS,
@@ -76,7 +76,7 @@ def _ended(code: int | None) -> LMStudioError:
     return LMStudioError(
         f"The LM Studio SDK worker process ended unexpectedly (exit code {code}); ComfyUI's terminal shows why. "
         "The next run starts a new one.",
-        transient=True,
+        kind=Failure.TRANSIENT,
     )
 
 

@@ -19,6 +19,7 @@ from typing import IO, Any
 from .chat import (
     ChatRequest,
     ConnectionMode,
+    Failure,
     Finished,
     LMStudioError,
     Notice,
@@ -101,9 +102,9 @@ TEXTS = {"text": TextDelta, "reasoning": ReasoningDelta}
 
 
 def error_to_wire(error: LMStudioError) -> Message:
-    return (str(error), error.transient)
+    return (str(error), error.kind.value, error.retry_after)
 
 
 def error_from_wire(message: Message) -> LMStudioError:
-    text, transient = message
-    return LMStudioError(text, transient=transient)
+    text, kind, retry_after = message
+    return LMStudioError(text, kind=Failure(kind), retry_after=retry_after)

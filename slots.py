@@ -4,8 +4,10 @@ ComfyUI starts every item of a list at once, and LM Studio queues what exceeds i
 itself with nothing on the wire, so a long list would hit the idle timeout while queued. Waiting happens here
 instead, before the request is sent: the idle timeout then counts only while a request is really in flight.
 
-N is learnt lazily: the first request goes at once (one request never exceeds a slot), and the server is asked
-for its slots only when a second one arrives, so a single run pays nothing for it.
+N comes from a `ConcurrencyLimit` (see `limiter`): the user's `max_parallel`, else the server's reported slots,
+else found by trying. It is learnt lazily: the first request goes at once (one request never exceeds a slot), and
+the server is asked for its slots only when a second one arrives, so a single run pays nothing for it. A refusal
+with Retry-After holds every request of the pool until then: the server's word wins.
 
 Pools live per event loop. ComfyUI runs each prompt in a fresh loop, so a pool spans all nodes and all list
 items of one prompt and is gone with it. No ComfyUI imports.
@@ -18,45 +20,71 @@ import logging
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from .limiter import ConcurrencyLimit
 
 log = logging.getLogger("lmstudio_stream")
-
-# Where a server does not say how many predictions it runs at once (a model not loaded yet, an OpenAI-compatible
-# server that is not LM Studio or llama.cpp): two overlap one prompt's processing with another's generation, and
-# any server copes with two.
-DEFAULT_PARALLEL = 2
 
 Discover = Callable[[], Awaitable[int | None]]
 
 
+@dataclass
+class Ticket:
+    """One request's hold on a slot: the round it went out in, and whether the server is answering it yet."""
+
+    sent_in: int
+    answering: bool = False
+
+
 class SlotPool:
-    """N slots for one server and model, handed out first come, first served."""
+    """N slots for one server and model, handed out first come, first served (an item back from a refusal first)."""
 
     def __init__(self, discover: Discover, override: int = 0) -> None:
         self._discover = discover
-        self.limit: int | None = override if override > 0 else None
-        self.source = "max_parallel" if override > 0 else ""  # where `limit` came from: max_parallel|server|default
+        self.limiter: ConcurrencyLimit | None = ConcurrencyLimit.reported(override) if override > 0 else None
+        self.source = "max_parallel" if override > 0 else ""  # where the limit came from: max_parallel|server|found
         self.in_flight = 0
+        self.serving = 0  # requests in flight that the server is answering
+        self.answered = 0  # answers the server began in this prompt: a refused connection after one means "busy"
+        self.waiting_out = 0  # items waiting out a refusal before they queue again
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._learning: asyncio.Future[None] | None = None
+        self._resume_at = 0.0  # loop time before which nothing is sent (a busy server's Retry-After)
+        self._resume_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def limit(self) -> int | None:
+        return self.limiter.limit if self.limiter is not None else None
+
+    @property
+    def waiting(self) -> int:
+        """Items that wait for this server: queued for a slot, or waiting out a refusal."""
+        return len(self._waiters) + self.waiting_out
 
     def try_acquire(self) -> bool:
         """Take a slot without waiting, if one is free."""
-        unknown_and_idle = self.limit is None and self.in_flight == 0
+        if self._paused():
+            return False
+        unknown_and_idle = self.limiter is None and self.in_flight == 0
         if unknown_and_idle or (self.limit is not None and self.in_flight < self.limit and not self._waiters):
             self.in_flight += 1
             return True
         return False
 
-    async def acquire(self) -> None:
-        """Wait for a slot, in arrival order."""
+    async def acquire(self, *, first: bool = False) -> None:
+        """Wait for a slot, in arrival order; `first` goes ahead of the queue (an item the server refused before)."""
         if self.try_acquire():
             return
         await self._learn_limit()
         if self.try_acquire():
             return
         waiter = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        if first:
+            self._waiters.appendleft(waiter)
+        else:
+            self._waiters.append(waiter)
+        self._wake()  # `first` may go at once where a plain arrival would have queued behind others
         try:
             await waiter  # `_wake` counts the slot before it wakes us
         except asyncio.CancelledError:
@@ -66,12 +94,44 @@ class SlotPool:
                 self._waiters.remove(waiter)
             raise
 
-    def release(self) -> None:
+    def release(self, ticket: Ticket | None = None) -> None:
+        """Give a slot back (with the ticket of the request that held it, if one went out)."""
+        if ticket is not None and ticket.answering:
+            ticket.answering = False
+            self.serving -= 1
         self.in_flight -= 1
         self._wake()
 
+    def sent(self) -> Ticket:
+        """A request goes out with a slot: its ticket, for the news it brings back (see `limiter`)."""
+        return Ticket(self.limiter.sent() if self.limiter is not None else 0)
+
+    def heard(self, ticket: Ticket, seconds: float | None) -> None:
+        """The server began answering `ticket`'s request, `seconds` after it was sent (None: it never said)."""
+        self.answered += 1
+        if not ticket.answering:
+            ticket.answering = True
+            self.serving += 1
+        if self.limiter is not None:
+            self.limiter.answered(ticket.sent_in, seconds, self.in_flight - 1)
+            self._wake()
+
+    def refused(self, ticket: Ticket, retry_after: float | None) -> None:
+        """The server pushed back on `ticket`'s request; with `retry_after`, nothing is sent before then."""
+        if self.limiter is not None:
+            self.limiter.refused(ticket.sent_in, self.serving)
+        if retry_after:
+            loop = asyncio.get_running_loop()
+            self._resume_at = max(self._resume_at, loop.time() + retry_after)
+            if self._resume_timer is not None:
+                self._resume_timer.cancel()
+            self._resume_timer = loop.call_at(self._resume_at, self._wake)
+
+    def _paused(self) -> bool:
+        return self._resume_at > 0 and asyncio.get_running_loop().time() < self._resume_at
+
     async def _learn_limit(self) -> None:
-        if self.limit is None:
+        if self.limiter is None:
             if self._learning is None:
                 self._learning = asyncio.ensure_future(self._ask_server())
             await asyncio.shield(self._learning)
@@ -79,13 +139,18 @@ class SlotPool:
     async def _ask_server(self) -> None:
         try:
             found = await self._discover()
-        except Exception:  # any failure to learn N means the default, never a failed run
+        except Exception:  # any failure to learn N means finding it, never a failed run
             log.debug("Could not learn the server's parallel slots", exc_info=True)
             found = None
-        self.limit, self.source = (found, "server") if found else (DEFAULT_PARALLEL, "default")
+        if found:
+            self.limiter, self.source = ConcurrencyLimit.reported(found), "server"
+        else:
+            self.limiter, self.source = ConcurrencyLimit.to_find(), "found"
         self._wake()
 
     def _wake(self) -> None:
+        if self._paused():
+            return
         while self._waiters and self.limit is not None and self.in_flight < self.limit:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -101,7 +166,7 @@ def pool_for(key: PoolKey, override: int, discover: Discover) -> SlotPool:
     """The running prompt's pool for `key` (server, model), made by the first caller.
 
     `override` > 0 sets N (the first caller's, for the whole prompt); otherwise `discover()` asks the server when
-    it first matters, and `DEFAULT_PARALLEL` stands in where it does not say.
+    it first matters, and where it does not say the pool finds N by trying.
     """
     pools = _pools.setdefault(asyncio.get_running_loop(), {})
     if key not in pools:

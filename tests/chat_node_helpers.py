@@ -6,7 +6,8 @@ from dataclasses import dataclass, field, fields
 from typing import ClassVar
 
 from fake_lmstudio import MODEL
-from lmstudio_pack.node import STREAM_EVENT, LMStudioStreamChat
+from lmstudio_pack.list_item import STREAM_EVENT
+from lmstudio_pack.node import LMStudioStreamChat
 from lmstudio_pack.options_node import ChatOptions
 
 

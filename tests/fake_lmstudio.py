@@ -126,6 +126,13 @@ class FakeLMStudio:
     parallel: int = 4
     in_flight: int = 0
     peak_in_flight: int = 0
+    queued_inside: int = 0  # predictions sent but waiting for one of the `parallel` slots
+    # A server (or router) that refuses instead of queueing when its slots are full: (status, headers, body), as
+    # LiteLLM's proxy, SGLang's gateway and Ollama do. `refused` counts the refusals.
+    refuse_when_full: tuple[int, dict[str, str], Any] | None = None
+    full: bool = False  # with `refuse_when_full`: every slot is taken (by other clients), so every request is refused
+    refused: int = 0
+    peak_queued_inside: int = 0
     fail_prompts: dict[str, int] = field(default_factory=dict)  # prompt -> times to answer HTTP 500 first
     echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
     answers: dict[str, str] = field(default_factory=dict)  # prompt -> the answer to give it (OpenAI-compatible)
@@ -245,13 +252,19 @@ class FakeLMStudio:
     @contextlib.asynccontextmanager
     async def slot(self):
         """One of the server's `parallel` prediction slots, waited for in silence."""
-        async with self._slots:
+        self.queued_inside += 1
+        self.peak_queued_inside = max(self.peak_queued_inside, self.queued_inside)
+        try:
+            await self._slots.acquire()
+        finally:
+            self.queued_inside -= 1
+        try:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                yield
-            finally:
-                self.in_flight -= 1
+            yield
+        finally:
+            self.in_flight -= 1
+            self._slots.release()
 
     async def hold(self) -> None:
         """Past `held` predictions, wait (sending nothing) until the test lets them go."""
@@ -271,6 +284,10 @@ class FakeLMStudio:
         if self.http_error:
             status, body = self.http_error
             return web.json_response(body, status=status)
+        if self.refuse_when_full is not None and (self.full or self._slots.locked()):
+            self.refused += 1
+            status, headers, body = self.refuse_when_full
+            return web.json_response(body, status=status, headers=headers)
         if self.scripted_failure(prompt_of(self.requests[-1].body)):
             return web.json_response({"error": {"message": "Engine protocol predict request returned 500: crash"}},
                                      status=500)

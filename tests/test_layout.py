@@ -1,8 +1,8 @@
 """The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
 
-    node.py / options_node.py / json_field_node.py / cli.py -> client.py -> rest_backend / openai_backend /
-      sdk_process -> http_common, sdk_runtime, relay, answer_store -> utils, sse, slots, list_run, structured,
-      sdk_wire -> chat -> conversation
+    node.py / options_node.py / json_field_node.py / cli.py -> list_item.py -> client.py -> rest_backend /
+      openai_backend / sdk_process -> http_common, sdk_runtime, relay, answer_store, slots -> utils, sse, limiter,
+      backoff, list_run, structured, sdk_wire -> chat -> conversation
     and in the SDK worker process: sdk_worker -> sdk_backend -> sdk_runtime, sdk_wire ...
 """
 
@@ -17,12 +17,13 @@ MODULES = {path.stem: path for path in ROOT.glob("*.py")}
 LAYERS = {
     "conversation": 0,
     "chat": 1,
-    "utils": 2, "sse": 2, "slots": 2, "list_run": 2, "structured": 2, "prompt_graph": 2, "sdk_wire": 2,
-    "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3,
+    "utils": 2, "sse": 2, "limiter": 2, "backoff": 2, "list_run": 2, "structured": 2, "prompt_graph": 2,
+    "sdk_wire": 2,
+    "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3, "slots": 3,
     "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4, "sdk_process": 4,
     "client": 5, "sdk_worker": 5,
     "options_node": 6,
-    "json_field_node": 7,
+    "json_field_node": 7, "list_item": 7,
     "node": 8, "cli": 8,
     "__init__": 9,
 }
@@ -82,7 +83,7 @@ def test_no_import_cycle():
 
 def test_only_the_node_modules_import_comfyui():
     for name in MODULES:
-        if name not in ("node", "options_node", "json_field_node", "__init__"):
+        if name not in ("node", "list_item", "options_node", "json_field_node", "__init__"):
             assert not absolute_imports(name) & set(COMFY), name
 
 

@@ -175,20 +175,27 @@ async def test_resumed_answers_are_exactly_the_first_ones(lmstudio, comfy):
     first, first_ui, _ = await run_list(lmstudio.url, "SDK", count=3)
     lmstudio.predictions.clear()
     again, again_ui, _ = await run_list(lmstudio.url, "SDK", count=3)
-    assert again == first and not lmstudio.predictions
+    assert not lmstudio.predictions
+    # The list's last item adds the list's summary to its statistics: how this run went, not what an item said.
+    assert again[2][-1].endswith("\nlist: 3 of 3 done, 3 resumed" + again[2][-1].split("3 resumed", 1)[1])
+    assert first[2][-1].split("\nlist: ")[1].startswith("3 of 3 done | ")
+    for outputs in (first, again):
+        outputs[2][-1] = outputs[2][-1].split("\nlist: ")[0]
+    assert again == first
     # The view gets the same entries, and the word that they came back (on the item that returned last).
     latest = max(again_ui["lmstudio"], key=lambda entry: entry["returned"])
     assert latest["notice"].startswith("3 of 3 answers came back finished")
     for entry in (*first_ui["lmstudio"], *again_ui["lmstudio"]):
         entry.pop("notice", None)
         entry.pop("returned")
+        entry["stats"] = entry["stats"].split("\nlist: ")[0]
     assert again_ui == first_ui
 
 
-async def test_the_item_that_returns_last_carries_the_final_notice(lmstudio, comfy):
-    """Items return out of list order: here the list's last item comes back first (its image encodes at once, the
-    big one before it does not), and the generated item 0 returns last. The widget shows the notice of the item
-    with the highest `returned`, so it must carry the final count, whatever the list's last item says."""
+async def test_the_lists_last_item_returns_last_with_the_final_notice_and_the_summary(lmstudio, comfy):
+    """Items finish out of list order (an answer kept from the last run comes back at once, a big image encodes
+    slowly), but the list's last item waits for the others: it returns last, so the view (which shows the notice of
+    the item with the highest `returned`) and a saver downstream both get the final count and the list's summary."""
     lmstudio.echo = True
     slow(lmstudio, 0.02)
     small = torch.rand(1, 16, 16, 3)
@@ -199,10 +206,11 @@ async def test_the_item_that_returns_last_carries_the_final_notice(lmstudio, com
         lmstudio.url, "REST API", count=3, per_item={"image": [small, big, small], "prompt": ["A", "B", "C"]}))
     assert outputs[0] == ["Answer to A", "Answer to B", "Answer to C"]
     entries = ui["lmstudio"]
-    assert [entry["returned"] for entry in entries] == [3, 2, 1], entries  # C back first, then B, then A generated
-    assert entries[-1]["notice"].startswith("1 of 3 answers came back finished")
-    latest = max(entries, key=lambda entry: entry["returned"])
-    assert latest["notice"].startswith("2 of 3 answers came back finished"), entries
+    assert [entry["returned"] for entry in entries] == [2, 1, 3], entries  # B back first, then A generated, then C
+    assert entries[-1]["notice"].startswith("2 of 3 answers came back finished"), entries
+    assert "\nlist: 3 of 3 done, 2 resumed | " in entries[-1]["notice"]
+    assert outputs[2][2].split("\n")[1].startswith("list: 3 of 3 done, 2 resumed | ")
+    assert "list:" not in outputs[2][0] + outputs[2][1]
 
 
 async def test_a_failed_list_with_raise_loses_nothing(lmstudio, comfy):

@@ -1,10 +1,12 @@
-"""The concurrency pool on its own: first come first served, N learnt only when it matters, cancel-safe."""
+"""The concurrency pool on its own: first come first served, N learnt only when it matters, cancel-safe, held by a
+busy server's Retry-After, and an item the server refused ahead of the queue."""
 
 from __future__ import annotations
 
 import asyncio
 
-from lmstudio_pack.slots import DEFAULT_PARALLEL, SlotPool, pool_for
+from lmstudio_pack.limiter import FIND_START
+from lmstudio_pack.slots import SlotPool, pool_for
 
 
 async def test_the_first_request_never_waits_for_the_servers_answer():
@@ -45,7 +47,7 @@ async def test_n_is_learnt_once_and_bounds_the_rest_in_order():
     assert order == list(range(6))
 
 
-async def test_a_server_that_does_not_say_gets_the_default_and_an_override_wins():
+async def test_a_server_that_does_not_say_has_its_limit_found_and_an_override_wins():
     async def silent() -> None:
         return None
 
@@ -56,7 +58,8 @@ async def test_a_server_that_does_not_say_gets_the_default_and_an_override_wins(
         pool = SlotPool(discover)
         await pool.acquire()
         await asyncio.wait_for(pool.acquire(), 1)  # the second learns N: the default lets it in
-        assert pool.limit == DEFAULT_PARALLEL and pool.source == "default"
+        assert pool.limit == FIND_START and pool.source == "found"
+        assert pool.limiter is not None and pool.limiter.finding
     assert SlotPool(silent, override=3).limit == 3
 
 
@@ -80,3 +83,45 @@ async def test_pools_are_per_prompt_and_per_server_and_model():
 
     assert pool_for(("http://a", "m"), 0, discover) is pool_for(("http://a", "m"), 0, discover)
     assert pool_for(("http://a", "m"), 0, discover) is not pool_for(("http://a", "other"), 0, discover)
+
+
+async def test_a_retry_after_holds_every_request_until_then():
+    async def two() -> int:
+        return 2
+
+    pool = SlotPool(two)
+    await pool.acquire()
+    answering = pool.sent()
+    pool.heard(answering, 0.1)
+    await pool.acquire()
+    refused = pool.sent()
+    pool.refused(refused, 0.3)  # "Retry-After: 0.3", while answering one: nothing goes out before then...
+    pool.release(refused)
+    pool.release(answering)  # ...though every slot is free
+    started = asyncio.get_running_loop().time()
+    assert not pool.try_acquire()
+    await asyncio.wait_for(pool.acquire(), 2)
+    assert asyncio.get_running_loop().time() - started >= 0.28
+    assert pool.limit == 1  # and the refusal lowered the limit
+
+
+async def test_an_item_back_from_a_refusal_goes_ahead_of_the_queue():
+    async def one() -> int:
+        return 1
+
+    pool = SlotPool(one)
+    await pool.acquire()
+    order: list[str] = []
+
+    async def item(name: str, first: bool) -> None:
+        await pool.acquire(first=first)
+        order.append(name)
+        pool.release()
+
+    queued = [asyncio.ensure_future(item(f"queued {i}", False)) for i in range(3)]
+    await asyncio.sleep(0.01)
+    refused = asyncio.ensure_future(item("refused before", True))
+    await asyncio.sleep(0.01)
+    pool.release()
+    await asyncio.gather(*queued, refused)
+    assert order == ["refused before", "queued 0", "queued 1", "queued 2"]
