@@ -263,11 +263,19 @@ def not_lmstudio(url: str, what: str) -> LMStudioError:
     )
 
 
-def auth_required(detail: str) -> LMStudioError:
+def auth_required(detail: str, who: str = LMSTUDIO) -> LMStudioError:
     return LMStudioError(
-        f"LM Studio requires an API token: {detail} Set LMSTUDIO_API_TOKEN in the environment ComfyUI is started "
+        f"{who} requires an API token: {detail} Set LMSTUDIO_API_TOKEN in the environment ComfyUI is started "
         "from (tokens are never read from the workflow, which is shared inside every saved PNG)."
     )
+
+
+def no_token_hint(who: str, token_sent: bool) -> str:
+    """For a server that is not LM Studio and failed without saying why: a router may just want its key."""
+    if token_sent or who == LMSTUDIO:
+        return ""
+    return (" No API token was sent: if this server needs one (LiteLLM's proxy wants its master key), set "
+            "LMSTUDIO_API_TOKEN in the environment ComfyUI is started from.")
 
 
 def model_not_found(model: str, detail: str, who: str = LMSTUDIO) -> LMStudioError:
@@ -422,12 +430,15 @@ def server_busy(who: str, detail: str, retry_after: float | None, answer: str = 
 
 def http_error(
     status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False,
-    retry_after: float | None = None,
+    retry_after: float | None = None, token_sent: bool = True,
 ) -> LMStudioError:
     """Map an HTTP error (status, the server's body, its Retry-After) to one human message."""
     message, code = server_message(body)
     if status in (401, 403) or code == "invalid_api_key":
-        return auth_required(message)
+        return auth_required(message, who)
+    if "no connected db" in message.lower():  # LiteLLM's proxy without a database: any key but its master key
+        return auth_required(f"it refused the key sent (\"{message}\": a LiteLLM proxy without a database takes only "
+                             "its master key).", who)
     if is_busy(status, f"{message} {code}"):
         return server_busy(who, message or code, retry_after, f"HTTP {status} from {url}")
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):
@@ -450,7 +461,7 @@ def http_error(
         return not_lmstudio(url, f"it has no chat endpoint there (HTTP {status})")
     if status == 404:
         return LMStudioError(f"LM Studio has no endpoint {url} (HTTP 404: {message}).")
-    return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}",
+    return LMStudioError(f"{who} answered HTTP {status} to {url}: {message}{no_token_hint(who, token_sent)}",
                          kind=Failure.TRANSIENT if status >= 500 else Failure.FINAL)
 
 

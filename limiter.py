@@ -4,10 +4,10 @@ Where the server reports its slots (LM Studio's `parallel`, llama.cpp's `total_s
 `max_parallel`, that is the limit and the ceiling: a refusal still lowers it for a while. Where nobody says (a
 router such as LiteLLM's proxy, vLLM, SGLang), the limit is found: it starts low and, as long as answers come back
 as fast as the fastest seen and nothing is refused, grows by one per answer (doubling each round, like TCP's slow
-start); after the first sign of a full server it grows by one per round only. It shrinks fast: a refusal says how many
-the server holds (the requests it is answering), and the limit drops to that; a first token late enough to show a
-queue inside the server takes QUEUE_SHRINK off. One shrink per round: the refusals of requests sent before the last
-shrink are old news.
+start); after the first sign of a full server it grows by one per round only. It shrinks fast: a refusal halves it, but
+never below the requests the server holds (those out longer than the refusal took to come back); a first token late
+enough to show a queue inside the server takes QUEUE_SHRINK off. One shrink per round: the refusals of requests
+sent before the last shrink are old news.
 
 The ideas are those of Netflix's concurrency-limits (AIMD and Vegas limits). Pure: callers pass the timings.
 """
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 FIND_START = 2  # where nobody says: two overlap one prompt's processing with another's generation
 FIND_CEILING = 64  # the most it ever finds (the options node's max_parallel goes no higher either)
+SHRINK = 0.5  # on a refusal, unless the server is answering more than that
 QUEUE_SHRINK = 0.9  # on a time to first token that shows a queue inside the server
 # A first token this much slower than the fastest seen (plus the slack, for jitter on fast answers) waited in a
 # queue: a request that queues behind a full slot waits a whole answer, many times an unqueued first token.
@@ -68,10 +69,10 @@ class ConcurrencyLimit:
         if in_flight + 1 >= self.limit:  # only a limit in use has earned a raise
             self.value = min(float(self.ceiling), self.value + (1.0 if self.slow_start else 1.0 / self.value))
 
-    def refused(self, sent_in: int, serving: int) -> None:
-        """The server pushed back for a request sent in round `sent_in` while answering `serving` others: that is
-        what it holds now, so the limit drops to it (by one at least)."""
-        self._shrink(sent_in, min(self.value - 1, float(serving)))
+    def refused(self, sent_in: int, holding: int) -> None:
+        """The server pushed back for a request sent in round `sent_in` while holding `holding` others: the limit
+        halves, but never below what the server holds, and drops by one at least."""
+        self._shrink(sent_in, min(self.value - 1, max(float(holding), self.value * SHRINK)))
 
     def queued(self, sent_in: int) -> None:
         """A first token came late enough to show a queue inside the server (only a limit being found heeds it)."""

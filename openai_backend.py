@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -22,7 +23,7 @@ from .chat import (
     sendable_settings,
     stream_error,
 )
-from .http_common import IncompleteStream, identify, parse_json, resolve_model, sse_events, stream_dialect
+from .http_common import IncompleteStream, drain, identify, parse_json, resolve_model, sse_events, stream_dialect
 from .sse import ThinkSplitter
 from .utils import jpeg_data_uri
 
@@ -121,30 +122,34 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
             events.append(ReasoningDelta(text) if is_reasoning else TextDelta(text))
         return events
 
-    async for sse in sse_events(session, base, f"{base}{ENDPOINT}", openai_payload(request, model), request):
-        if sse.data.strip() == "[DONE]":
-            break
-        chunk = parse_json(sse.data)
-        if "error" in chunk:
-            raise stream_error(chunk["error"], model, await identify(session, base))
-        served_model = chunk.get("model") or served_model
-        usage = chunk.get("usage") or usage
-        timings = chunk.get("timings") or timings  # llama.cpp's
-        for choice in chunk.get("choices") or []:
-            delta = choice.get("delta") or {}
-            finish_reason = choice.get("finish_reason") or finish_reason
-            reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
-            events = pieces(str(reasoning), str(delta.get("content") or ""))
-            if events:  # tokens arrive a chunk at a time
-                last_token = time.monotonic()
-                first_token = first_token or last_token
-            for event in events:
-                yield event
-    else:
-        raise IncompleteStream()
-    for is_reasoning, text in splitter.close():
-        yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
-    yield Finished(openai_stats(usage, timings, started, first_token, last_token, finish_reason, served_model or model))
+    stream = sse_events(session, base, f"{base}{ENDPOINT}", openai_payload(request, model), request)
+    async with aclosing(stream):
+        async for sse in stream:
+            if sse.data.strip() == "[DONE]":
+                break
+            chunk = parse_json(sse.data)
+            if "error" in chunk:
+                raise stream_error(chunk["error"], model, await identify(session, base))
+            served_model = chunk.get("model") or served_model
+            usage = chunk.get("usage") or usage
+            timings = chunk.get("timings") or timings  # llama.cpp's
+            for choice in chunk.get("choices") or []:
+                delta = choice.get("delta") or {}
+                finish_reason = choice.get("finish_reason") or finish_reason
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+                events = pieces(str(reasoning), str(delta.get("content") or ""))
+                if events:  # tokens arrive a chunk at a time
+                    last_token = time.monotonic()
+                    first_token = first_token or last_token
+                for event in events:
+                    yield event
+        else:
+            raise IncompleteStream()
+        for is_reasoning, text in splitter.close():
+            yield ReasoningDelta(text) if is_reasoning else TextDelta(text)
+        yield Finished(openai_stats(usage, timings, started, first_token, last_token, finish_reason,
+                                    served_model or model))
+        await drain(stream)
 
 
 def stream_openai(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,15 @@ from .chat import (
     sendable_settings,
     stream_error,
 )
-from .http_common import IncompleteStream, loaded_context, parse_json, resolve_model, sse_events, stream_dialect
+from .http_common import (
+    IncompleteStream,
+    drain,
+    loaded_context,
+    parse_json,
+    resolve_model,
+    sse_events,
+    stream_dialect,
+)
 from .utils import jpeg_data_uri
 
 ENDPOINT = "/api/v1/chat"
@@ -75,34 +84,39 @@ async def _events(session: aiohttp.ClientSession, base: str, request: ChatReques
         raise chain_missing(len(request.history))
     model = await resolve_model(session, base, request)
     errors: list[Any] = []
-    async for sse in sse_events(session, base, f"{base}{ENDPOINT}", rest_payload(request, model), request):
-        event = parse_json(sse.data)
-        kind = sse.event or str(event.get("type", ""))
-        if kind == "message.delta":
-            yield TextDelta(str(event.get("content", "")))
-        elif kind == "reasoning.delta":
-            yield ReasoningDelta(str(event.get("content", "")))
-        elif (stage := kind.partition(".")[0]) in ("model_load", "prompt_processing"):
-            fraction = {"start": 0.0, "end": 1.0}.get(kind.partition(".")[2], event.get("progress"))
-            if isinstance(fraction, (int, float)):
-                yield Progress(stage, float(fraction))  # type: ignore[arg-type]  # stage is one of the two
-        elif kind == "error":
-            # The stream goes on to `chat.end` with what was generated; report the error once it has.
-            errors.append(event.get("error", event))
-        elif kind == "chat.end":
-            if errors:
-                raise stream_error(errors[0], model)
-            result = event.get("result") or {}
-            instance = str(result.get("model_instance_id") or model)
-            # Checked, not assumed: a model loaded before keeps its length, and LM Studio may shorten one to fit memory.
-            wanted = request.context_length
-            if wanted and (length := await loaded_context(session, base, request, instance)) not in (None, wanted):
-                yield Notice("context", context_kept(instance, length, wanted))
-            yield Finished(rest_stats(result, request.mode.value), result.get("response_id"))
-            return
-    if errors:
-        raise stream_error(errors[0], model)
-    raise IncompleteStream()
+    stream = sse_events(session, base, f"{base}{ENDPOINT}", rest_payload(request, model), request)
+    async with aclosing(stream):
+        async for sse in stream:
+            event = parse_json(sse.data)
+            kind = sse.event or str(event.get("type", ""))
+            if kind == "message.delta":
+                yield TextDelta(str(event.get("content", "")))
+            elif kind == "reasoning.delta":
+                yield ReasoningDelta(str(event.get("content", "")))
+            elif (stage := kind.partition(".")[0]) in ("model_load", "prompt_processing"):
+                fraction = {"start": 0.0, "end": 1.0}.get(kind.partition(".")[2], event.get("progress"))
+                if isinstance(fraction, (int, float)):
+                    yield Progress(stage, float(fraction))  # type: ignore[arg-type]  # stage is one of the two
+            elif kind == "error":
+                # The stream goes on to `chat.end` with what was generated; report the error once it has.
+                errors.append(event.get("error", event))
+            elif kind == "chat.end":
+                if errors:
+                    raise stream_error(errors[0], model)
+                result = event.get("result") or {}
+                instance = str(result.get("model_instance_id") or model)
+                # Checked, not assumed: a model loaded before keeps its length, and LM Studio may shorten one to fit
+                # memory.
+                wanted = request.context_length
+                if wanted and (length := await loaded_context(session, base, request, instance)) not in (None,
+                                                                                                          wanted):
+                    yield Notice("context", context_kept(instance, length, wanted))
+                yield Finished(rest_stats(result, request.mode.value), result.get("response_id"))
+                await drain(stream)
+                return
+        if errors:
+            raise stream_error(errors[0], model)
+        raise IncompleteStream()
 
 
 def stream_rest(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:

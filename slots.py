@@ -7,7 +7,7 @@ instead, before the request is sent: the idle timeout then counts only while a r
 N comes from a `ConcurrencyLimit` (see `limiter`): the user's `max_parallel`, else the server's reported slots,
 else found by trying. It is learnt lazily: the first request goes at once (one request never exceeds a slot), and
 the server is asked for its slots only when a second one arrives, so a single run pays nothing for it. A refusal
-with Retry-After holds every request of the pool until then: the server's word wins.
+lowers N; a refusal of the only request out holds every request for its Retry-After.
 
 Pools live per event loop. ComfyUI runs each prompt in a fresh loop, so a pool spans all nodes and all list
 items of one prompt and is gone with it. No ComfyUI imports.
@@ -29,12 +29,12 @@ log = logging.getLogger("lmstudio_stream")
 Discover = Callable[[], Awaitable[int | None]]
 
 
-@dataclass
+@dataclass(eq=False)
 class Ticket:
-    """One request's hold on a slot: the round it went out in, and whether the server is answering it yet."""
+    """One request's hold on a slot: the round it went out in, and when (loop time)."""
 
     sent_in: int
-    answering: bool = False
+    sent_at: float
 
 
 class SlotPool:
@@ -45,8 +45,8 @@ class SlotPool:
         self.limiter: ConcurrencyLimit | None = ConcurrencyLimit.reported(override) if override > 0 else None
         self.source = "max_parallel" if override > 0 else ""  # where the limit came from: max_parallel|server|found
         self.in_flight = 0
-        self.serving = 0  # requests in flight that the server is answering
         self.answered = 0  # answers the server began in this prompt: a refused connection after one means "busy"
+        self._out: set[Ticket] = set()  # the requests out now
         self.waiting_out = 0  # items waiting out a refusal before they queue again
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._learning: asyncio.Future[None] | None = None
@@ -96,31 +96,36 @@ class SlotPool:
 
     def release(self, ticket: Ticket | None = None) -> None:
         """Give a slot back (with the ticket of the request that held it, if one went out)."""
-        if ticket is not None and ticket.answering:
-            ticket.answering = False
-            self.serving -= 1
+        self._out.discard(ticket)  # type: ignore[arg-type]
         self.in_flight -= 1
         self._wake()
 
     def sent(self) -> Ticket:
         """A request goes out with a slot: its ticket, for the news it brings back (see `limiter`)."""
-        return Ticket(self.limiter.sent() if self.limiter is not None else 0)
+        ticket = Ticket(self.limiter.sent() if self.limiter is not None else 0, asyncio.get_running_loop().time())
+        self._out.add(ticket)
+        return ticket
 
-    def heard(self, ticket: Ticket, seconds: float | None) -> None:
-        """The server began answering `ticket`'s request, `seconds` after it was sent (None: it never said)."""
+    def heard(self, ticket: Ticket, seconds: float) -> None:
+        """The server began answering `ticket`'s request, `seconds` after it was sent."""
         self.answered += 1
-        if not ticket.answering:
-            ticket.answering = True
-            self.serving += 1
         if self.limiter is not None:
             self.limiter.answered(ticket.sent_in, seconds, self.in_flight - 1)
             self._wake()
 
+    def holding(self, refused: Ticket) -> int:
+        """How many requests the server holds, judged when it refused one: a refusal comes back at once, so every
+        other request out for at least as long was accepted (it may not have said a word yet)."""
+        now = asyncio.get_running_loop().time()
+        return sum(1 for ticket in self._out if ticket is not refused and now - ticket.sent_at >= now - refused.sent_at)
+
     def refused(self, ticket: Ticket, retry_after: float | None) -> None:
-        """The server pushed back on `ticket`'s request; with `retry_after`, nothing is sent before then."""
+        """The server pushed back on `ticket`'s request: the limit drops (see `limiter`). With others in flight the
+        refused request alone waits its Retry-After (a slot they free is the server's room, and goes to the queue);
+        a server that refuses the only request out holds every request until then."""
         if self.limiter is not None:
-            self.limiter.refused(ticket.sent_in, self.serving)
-        if retry_after:
+            self.limiter.refused(ticket.sent_in, self.holding(ticket))
+        if retry_after and self.in_flight == 1:
             loop = asyncio.get_running_loop()
             self._resume_at = max(self._resume_at, loop.time() + retry_after)
             if self._resume_timer is not None:

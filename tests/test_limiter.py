@@ -42,14 +42,16 @@ def test_a_refusal_drops_the_limit_to_what_the_server_holds_once_per_round_and_g
     sent_before = limit.sent()
     for _ in range(8):  # eight requests of the same round refused while it answers 8: one piece of news
         limit.refused(sent_before, 8)
-    assert limit.limit == 8
+    assert limit.limit == 8  # halved, and it holds the 8 it answers
     limit.refused(limit.sent(), 8)  # a request sent after the shrink, refused too: news, and by one at least
     assert limit.limit == 7
+    limit.refused(limit.sent(), 6)
+    assert limit.limit == 6  # halving would be 3.5: it holds the 6 it answers
     before = limit.value
     answer(limit)
     assert limit.value == pytest.approx(before + 1 / before)  # one per round, not one per answer
-    limit.refused(limit.sent(), 0)  # refused while answering nothing at all (a router with every server cooling)
-    assert limit.limit == 1
+    limit.refused(limit.sent(), 0)  # refused before any answer began: it holds fewer, how many it does not say
+    assert limit.value == pytest.approx((before + 1 / before) / 2)
 
 
 def test_a_limit_not_in_use_earns_no_raise():

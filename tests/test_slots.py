@@ -85,24 +85,42 @@ async def test_pools_are_per_prompt_and_per_server_and_model():
     assert pool_for(("http://a", "m"), 0, discover) is not pool_for(("http://a", "other"), 0, discover)
 
 
-async def test_a_retry_after_holds_every_request_until_then():
+async def test_a_retry_after_for_the_only_request_out_holds_every_request_until_then():
     async def two() -> int:
         return 2
 
     pool = SlotPool(two)
     await pool.acquire()
-    answering = pool.sent()
-    pool.heard(answering, 0.1)
     await pool.acquire()
+    pool.release()
     refused = pool.sent()
-    pool.refused(refused, 0.3)  # "Retry-After: 0.3", while answering one: nothing goes out before then...
-    pool.release(refused)
-    pool.release(answering)  # ...though every slot is free
+    pool.refused(refused, 0.3)  # "Retry-After: 0.3" for the only request out: nothing goes out before then...
+    pool.release(refused)  # ...though every slot is free
     started = asyncio.get_running_loop().time()
     assert not pool.try_acquire()
     await asyncio.wait_for(pool.acquire(), 2)
     assert asyncio.get_running_loop().time() - started >= 0.28
-    assert pool.limit == 1  # and the refusal lowered the limit
+
+
+async def test_a_refusal_while_the_server_holds_others_lowers_the_limit_to_those_and_holds_nobody():
+    async def three() -> int:
+        return 3
+
+    pool = SlotPool(three)
+    held = []
+    for _ in range(2):
+        await pool.acquire()
+        held.append(pool.sent())  # accepted: silent yet (a prompt being processed), but out before the refused one
+    await asyncio.sleep(0.05)
+    await pool.acquire()
+    refused = pool.sent()
+    await asyncio.sleep(0.01)  # the refusal takes 10 ms to come back
+    assert pool.holding(refused) == 2
+    pool.refused(refused, 5.0)  # full with the two it holds: its Retry-After is the refused request's own
+    pool.release(refused)
+    assert pool.limit == 2  # halving would be 1.5: it holds the two
+    pool.release(held[0])
+    assert pool.try_acquire()  # a slot the server freed goes out at once, not 5 s later
 
 
 async def test_an_item_back_from_a_refusal_goes_ahead_of_the_queue():
