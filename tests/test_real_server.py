@@ -284,3 +284,37 @@ async def test_the_node_chains_turns_against_llama_server(server_url, comfy):
                                             prompt="And its colour?", conversation=first[8]))).args
     assert [t.prompt for t in second[8].turns] == ["Name a fruit.", "And its colour?"]
     assert second[8].turns[0].answer == first[0] and second[5] > first[5]  # input tokens: the chat so far
+
+
+@pytest.fixture(scope="module")
+def two_servers_behind_litellm():
+    """Two llama-servers of 2 slots each behind LiteLLM's real proxy (the router tier's), as in the README's recipe."""
+    binary = os.environ.get("LITELLM_BIN")
+    if not binary:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must prepare the router tier (.ci/run runs tests/router/setup.sh)")
+        pytest.skip('needs LiteLLM\'s proxy too: eval "$(tests/router/setup.sh)"')
+    from router_proxy import LiteLLMProxy
+
+    servers = [llama_server("-np", "2", "--metrics") for _ in range(2)]
+    urls = [next(server) for server in servers]
+    proxy = LiteLLMProxy(binary, urls, parallel=2, model=ALIAS).start()
+    yield proxy, urls
+    proxy.stop()
+    for server in servers:
+        next(server, None)  # stops it
+
+
+async def test_a_list_through_litellm_in_front_of_two_llama_servers(two_servers_behind_litellm, comfy, monkeypatch):
+    """Real servers, a real router, nothing set on the node: every item answered, both servers used."""
+    from router_proxy import MASTER_KEY, MODEL_NAME
+
+    proxy, urls = two_servers_behind_litellm
+    monkeypatch.setenv("LMSTUDIO_API_TOKEN", MASTER_KEY)
+    prompts = [f"Say the number {i}." for i in range(12)]
+    outputs, ui, _ = await run_list(proxy.url, "OpenAI-compatible", model_id=MODEL_NAME, count=12, max_tokens=16,
+                                    temperature=0.0, per_item={"prompt": prompts})
+    assert len(outputs[0]) == 12 and all(text.strip() for text in outputs[0]), outputs[0]
+    assert not [entry for entry in ui["lmstudio"] if "error" in entry]
+    assert outputs[2][-1].split("\n")[1].startswith("list: 12 of 12 done")
+    assert all(prompt_tokens_total(url) > 0 for url in urls)  # the proxy spread the list over both servers
