@@ -8,7 +8,7 @@ from typing import Any
 
 from comfy_api.latest import io
 
-from .options_node import CATEGORY
+from .options_node import CATEGORY, newer_schema_fields
 from .prompt_graph import linked_outputs
 from .structured import as_bool, as_float, as_int, as_string, read_field
 
@@ -30,6 +30,7 @@ class LMStudioJSONField(io.ComfyNode):
             category=CATEGORY,
             description="Read one field of a JSON answer (LM Studio Chat with a json_schema in its options) as text, "
             "a whole number, a number and a boolean.",
+            **newer_schema_fields(search_aliases=["JSON", "parse JSON", "JSON field", "structured output"]),
             inputs=[
                 io.String.Input("json", force_input=True, tooltip="A JSON document, e.g. LM Studio Chat's "
                                 "response_text with a json_schema."),

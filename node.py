@@ -42,6 +42,7 @@ from .options_node import (
     UNLOAD_WHEN_IDLE,
     ChatOptions,
     LMStudioChatOptions,
+    newer_schema_fields,
     request_settings,
 )
 from .prompt_graph import input_linked, linked_outputs
@@ -115,6 +116,10 @@ class LMStudioStreamChat(io.ComfyNode):
             category=CATEGORY,
             description="Chat with a model served by LM Studio, streaming its reasoning and answer onto the node. "
             "Given a list of images (a dataset folder, a rebatched batch) it answers each, in order.",
+            # Where people look for it (core's Generate Text is found as "LLM").
+            **newer_schema_fields(search_aliases=["LLM", "VLM", "caption", "vision", "LM Studio", "chat",
+                                                  "describe image", "prompt enhancer", "llama.cpp",
+                                                  "OpenAI-compatible", "local LLM"]),
             inputs=[
                 io.String.Input("prompt", multiline=True, default="", tooltip="The user message sent to the model."),
                 io.String.Input(

@@ -23,6 +23,14 @@ KEEP_LOADED, UNLOAD, UNLOAD_WHEN_IDLE = "keep loaded", "unload", "unload when id
 REASONING_OPTIONS = ["auto", "off", "low", "medium", "high", "on"]
 
 
+def newer_schema_fields(**fields: Any) -> dict[str, Any]:
+    """The `io.Schema` fields of ComfyUI releases newer than 0.8.0 (`search_aliases` came later) that this ComfyUI
+    has: the others are left out, so 0.8.0 still loads the pack. (`has_intermediate_output`, also newer, is not used:
+    the chat node is an output node, whose view ComfyUI keeps anyway.)"""
+    known = getattr(io.Schema, "__dataclass_fields__", {})
+    return {name: value for name, value in fields.items() if name in known}
+
+
 @dataclass(frozen=True)
 class ChatOptions:
     """What travels on the options socket. A frozen dataclass: ComfyUI's cache compares it by value."""
@@ -80,6 +88,8 @@ class LMStudioChatOptions(io.ComfyNode):
             description="Settings for LM Studio Chat that most runs leave alone: image sending, errors, reasoning, "
             "VRAM, how many list items LM Studio works on at once, resume, sampling, stop strings, a draft model, "
             "the context length and structured output. Connect to the chat node's options input.",
+            **newer_schema_fields(search_aliases=["LLM options", "LM Studio settings", "sampling", "max_parallel",
+                                                  "structured output", "json schema"]),
             inputs=[
                 io.Boolean.Input(
                     "send_all_images",

@@ -22,6 +22,7 @@ from fake_lmstudio import MODEL, openai_script, rest_script
 from lmstudio_pack.answer_store import FILE_NAME
 from lmstudio_pack.node import ANSWERS_FOLDER
 from lmstudio_pack.options_node import ChatOptions
+from procs import process_alive, read_proc
 
 MODES = ("SDK", "REST API", "OpenAI-compatible")
 EXAMPLES = sorted((real_comfyui.ROOT / "example_workflows").glob("*.json"))
@@ -259,7 +260,7 @@ def sdk_workers(server: real_comfyui.ComfyServer) -> list[int]:
     assert server._process is not None
     workers = []
     for child in children(server._process.pid):
-        command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+        command = (read_proc(child, "cmdline") or b"").split(b"\0")  # empty: it ended while we looked
         if any(b"lmstudio_sdk_worker_pack" in part for part in command):
             assert command[0].decode() == str(server.python)
             workers.append(child)
@@ -272,21 +273,17 @@ def children(pid: int) -> list[int]:
     `/proc/PID/task/TID/children` lists only the children of that one thread, and ComfyUI starts the worker from a
     pool thread, so the parent's pid in each process's status is what tells."""
     found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:  # it ended while we looked
-            continue
-        if re.search(rf"^PPid:\t{pid}$", text, re.MULTILINE):
-            found.append(int(status.parent.name))
+    for folder in Path("/proc").glob("[0-9]*"):
+        status = read_proc(int(folder.name), "status")
+        if status is not None and re.search(rf"^PPid:\t{pid}$", status.decode(errors="replace"), re.MULTILINE):
+            found.append(int(folder.name))
     return found
 
 
 async def gone(pid: int, seconds: float = 5.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        status = Path(f"/proc/{pid}/status")
-        if not status.exists() or "State:\tZ" in status.read_text():
+        if not process_alive(pid):
             return True
         await asyncio.sleep(0.05)
     return False

@@ -39,3 +39,20 @@ async def test_the_real_executor_maps_the_node_over_a_list(lmstudio, comfy):
     assert outputs[0] == [f"Answer to Describe {i}" for i in range(6)]
     assert [entry["index"] for entry in ui["lmstudio"]] == list(range(6))
     assert lmstudio.peak_in_flight == 4
+
+
+def test_search_aliases_where_this_comfyui_has_them():
+    """0.33.0's schema has `search_aliases` (core's Generate Text is found as "LLM"); 0.8.0's has not, and must
+    still load the pack."""
+    from comfy_api.latest import io
+
+    from lmstudio_pack.json_field_node import LMStudioJSONField
+    from lmstudio_pack.node import LMStudioStreamChat
+    from lmstudio_pack.options_node import LMStudioChatOptions
+
+    newer = "search_aliases" in io.Schema.__dataclass_fields__
+    for node in (LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField):
+        info = node.GET_NODE_INFO_V1()
+        assert bool(info.get("search_aliases")) is newer, node
+    if newer:
+        assert {"LLM", "VLM", "caption", "vision"} <= set(LMStudioStreamChat.GET_NODE_INFO_V1()["search_aliases"])

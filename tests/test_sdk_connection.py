@@ -24,6 +24,7 @@ from lmstudio_pack import sdk_backend, sdk_process, sdk_runtime
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
 from lmstudio_pack.client import stream_chat
 from lmstudio_pack.sdk_process import WORKER
+from procs import process_alive
 
 SOCKETS_PER_CLIENT = 5  # embedding, files, llm, repository, system
 
@@ -189,12 +190,6 @@ async def test_an_idle_connection_closes_and_the_worker_ends(lmstudio, monkeypat
         assert WORKER.pid not in (None, first)
     finally:
         await WORKER.aclose()
-
-
-def process_alive(pid: int | None) -> bool:
-    """Whether `pid` is a live process (not a zombie) on this Linux machine."""
-    status = Path(f"/proc/{pid}/status")
-    return pid is not None and status.exists() and "State:\tZ" not in status.read_text()
 
 
 async def test_shutdown_leaves_no_worker_and_no_websocket(lmstudio):
