@@ -352,7 +352,6 @@ def _images(image, more_images: dict | None) -> list:
     return [each for each in (image, *more) if each is not None]
 
 
-
 def _finish(channel: ItemChannel, state: str, status: str = "") -> None:
     channel.state(state)
     if status:
@@ -491,7 +490,6 @@ async def models_route(request: web.Request) -> web.Response:
     except LMStudioError as exc:
         return web.json_response({"models": [], "error": str(exc)})
     return web.json_response({"models": [asdict(model) for model in models], "error": None})
-
 
 
 class LMStudioExtension(ComfyExtension):

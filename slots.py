@@ -96,7 +96,8 @@ class SlotPool:
 
     def release(self, ticket: Ticket | None = None) -> None:
         """Give a slot back (with the ticket of the request that held it, if one went out)."""
-        self._out.discard(ticket)  # type: ignore[arg-type]
+        if ticket is not None:
+            self._out.discard(ticket)
         self.in_flight -= 1
         self._wake()
 
@@ -115,9 +116,8 @@ class SlotPool:
 
     def holding(self, refused: Ticket) -> int:
         """How many requests the server holds, judged when it refused one: a refusal comes back at once, so every
-        other request out for at least as long was accepted (it may not have said a word yet)."""
-        now = asyncio.get_running_loop().time()
-        return sum(1 for ticket in self._out if ticket is not refused and now - ticket.sent_at >= now - refused.sent_at)
+        other request still out that went before it was accepted (it may not have said a word yet)."""
+        return sum(1 for ticket in self._out if ticket is not refused and ticket.sent_at <= refused.sent_at)
 
     def refused(self, ticket: Ticket, retry_after: float | None) -> None:
         """The server pushed back on `ticket`'s request: the limit drops (see `limiter`). With others in flight the
