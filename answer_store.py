@@ -77,19 +77,33 @@ def _encode(answer: Answer) -> str:
                        "response_id": answer.response_id})
 
 
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """Which file `path` is, and as of when (device, inode, size, mtime); None where there is none. With WAL our own
+    writes change the file only at a checkpoint, so a change is someone else's (a copy over it, a truncation) or a
+    checkpoint, which costs one new connection."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
 def _decode(data: str) -> Answer:
     value = json.loads(data)
     return Answer(str(value["text"]), str(value["reasoning"]), Stats(**value["stats"]), value.get("response_id"))
 
 
 class AnswerStore:
-    """The answers file in `folder`. Every call opens its own connection, so items in worker threads never share one."""
+    """The answers file in `folder`, with one connection per thread that uses it (kept: closing the last connection
+    checkpoints the WAL into the file, which cost more than the lookup itself, at every lookup and every answer)."""
 
     def __init__(self, folder: str | os.PathLike[str], max_bytes: int = MAX_BYTES) -> None:
         self.path = Path(folder) / FILE_NAME
         self.max_bytes = max_bytes
         self._created = False  # the file's journal mode and table, set up once (again after a reset)
         self._setting_up = threading.Lock()  # items in worker threads meet the first setup at the same moment
+        self._local = threading.local()  # this thread's connection, and the reset it was made after
+        self._resets = 0  # a file set aside or cleared: every thread's connection is to the old one
         # One thread, first in first out: a list's lookups come back in list order, so its items still take
         # LM Studio's slots in that order (and the event loop never waits for the disk).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstudio-answers")
@@ -106,17 +120,17 @@ class AnswerStore:
         """The stored answer to this exact request, or None; a hit counts as a use (it is kept longer)."""
         key = request_key(request)
         try:
-            with self._connect() as db:
-                row = db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
-                if row is None:
-                    return None
-                try:
-                    answer = _decode(row[0])
-                except (ValueError, KeyError, TypeError):  # an entry of another version: generated anew
-                    db.execute("DELETE FROM answers WHERE key = ?", (key,))
-                    return None
-                db.execute("UPDATE answers SET used = ? WHERE key = ?", (time.time(), key))
-                return answer
+            db = self._connection()
+            row = db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
+            if row is None:
+                return None
+            try:
+                answer = _decode(row[0])
+            except (ValueError, KeyError, TypeError):  # an entry of another version: generated anew
+                db.execute("DELETE FROM answers WHERE key = ?", (key,))
+                return None
+            db.execute("UPDATE answers SET used = ? WHERE key = ?", (time.time(), key))
+            return answer
         except (sqlite3.Error, OSError) as exc:
             self._unusable(exc)
             return None
@@ -125,20 +139,40 @@ class AnswerStore:
         """Keep a finished answer; the least recently used go once the file holds more than `max_bytes`."""
         data = _encode(answer)
         try:
-            with self._connect() as db:
-                db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                           (request_key(request), time.time(), len(data), data))
-                self._trim(db)
+            db = self._connection()
+            db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
+                       (request_key(request), time.time(), len(data), data))
+            self._trim(db)
         except (sqlite3.Error, OSError) as exc:
             self._unusable(exc)
 
     def clear(self) -> None:
         """Forget every answer (the file goes; the next answer starts a new one)."""
-        self._created = False
+        self._reset()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{self.path}{suffix}").unlink(missing_ok=True)
 
-    def _connect(self) -> contextlib.closing[sqlite3.Connection]:
+    def _reset(self) -> None:
+        """The file is not the one the connections know: this thread's closes now, every other thread's at its next
+        call, and the next connection sets the file up again."""
+        self._created = False
+        self._resets += 1
+        self._close()
+
+    def _close(self) -> None:
+        db = getattr(self._local, "db", None)
+        self._local.db = None
+        if db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                db.close()
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the file set up) where it has none or the file was reset."""
+        if getattr(self._local, "db", None) is not None and self._local.resets == self._resets:
+            if self._local.file == _identity(self.path):
+                return self._local.db
+            self._created = False  # changed under us (deleted, copied over): set it up again if it must be
+        self._close()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: each statement commits at once, and nothing is left open when the process dies.
         db = sqlite3.connect(self.path, timeout=LOCK_TIMEOUT_SECONDS, isolation_level=None)
@@ -155,7 +189,8 @@ class AnswerStore:
         except BaseException:
             db.close()
             raise
-        return contextlib.closing(db)
+        self._local.db, self._local.resets, self._local.file = db, self._resets, _identity(self.path)
+        return db
 
     def _trim(self, db: sqlite3.Connection) -> None:
         (total,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM answers").fetchone()
@@ -171,7 +206,7 @@ class AnswerStore:
 
     def _unusable(self, exc: BaseException) -> None:
         """A file that is not a database any more is set aside; a locked or read-only one is left alone."""
-        self._created = False  # the next call sets the file up again (it may have been deleted meanwhile)
+        self._reset()  # the next call sets the file up again (it may have been deleted meanwhile)
         if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
             aside = self.path.with_name(f"{FILE_NAME}.broken")
             log.warning("LM Studio Chat: the answers file %s is unreadable (%s); a new one starts (the old one is "

@@ -33,7 +33,7 @@ from .client import list_models, unload_model
 from .conversation import Conversation, Turn
 from .json_field_node import LMStudioJSONField
 from .list_item import QUEUE_POLL_SECONDS, Aborted, ItemChannel, start_item, stop_reason, stream_item
-from .list_run import CANCELLED, DONE, FAILED
+from .list_run import CANCELLED, DONE, FAILED, ListRun
 from .options_node import (
     CATEGORY,
     ON_ERROR_RAISE,
@@ -379,13 +379,17 @@ async def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> 
             channel.send(chunk_type, text)
     summary = answer.stats.summary()
     channel.send("stats", summary)
+    channel.notice("resume", _resume_notice(run), warn=False)
+    _finish(channel, DONE)
+    return await _output(channel, answer, summary, chat)
+
+
+def _resume_notice(run: ListRun) -> str:
     if run.count > 1:
         notice = f"{run.resumed} of {run.count} answers came back finished from the last run; the rest are generated."
     else:
         notice = "This answer came back from an earlier run of the same request and seed; a new seed asks anew."
-    channel.notice("resume", f"{notice} (resume in LM Studio Chat Options)", warn=False)
-    _finish(channel, DONE)
-    return await _output(channel, answer, summary, chat)
+    return f"{notice} (resume in LM Studio Chat Options)"
 
 
 async def _failed(
@@ -477,6 +481,8 @@ async def _with_list_summary(channel: ItemChannel, summary: str) -> str:
             return summary  # Cancel or another item's error: the run ends without a summary
         await asyncio.sleep(QUEUE_POLL_SECONDS)
     line = run.summary(time.monotonic())
+    if run.resumed:  # said as each answer came back, while the list's items were still starting: now with its length
+        channel.run.note("resume", _resume_notice(run))
     channel.notice("list", line, warn=False)
     return f"{summary}\n{line}"
 

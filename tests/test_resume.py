@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -69,14 +70,25 @@ def test_the_least_recently_used_go_first_when_full(tmp_path):
 
 
 def test_a_broken_file_is_set_aside_and_a_new_one_starts(tmp_path, caplog):
-    store = AnswerStore(tmp_path)
-    store.put(BASE, ANSWER)
-    store.path.write_bytes(b"not a database at all" * 100)  # a disk error, a truncated copy
+    (tmp_path / FILE_NAME).write_bytes(b"not a database at all" * 100)  # a disk error, a truncated copy
+    store = AnswerStore(tmp_path)  # as ComfyUI starts and meets it
     with caplog.at_level(logging.WARNING, "lmstudio_stream"):
         assert store.get(BASE) is None
     assert "unreadable" in caplog.text and (tmp_path / f"{FILE_NAME}.broken").exists()
     store.put(BASE, ANSWER)
     assert store.get(BASE) == ANSWER
+
+
+def test_a_folder_deleted_while_comfyui_runs_starts_again_and_keeps_the_next_answers(tmp_path):
+    """The store keeps its connection between calls; one to a deleted file would write where nobody reads."""
+    folder = tmp_path / "answers"
+    store = AnswerStore(folder)
+    store.put(BASE, ANSWER)
+    shutil.rmtree(folder)
+    assert store.get(BASE) is None
+    store.put(BASE, ANSWER)
+    assert (folder / FILE_NAME).exists()
+    assert AnswerStore(folder).get(BASE) == ANSWER  # another process (ComfyUI restarted) reads it from the file
 
 
 def test_an_entry_of_another_shape_is_generated_anew(tmp_path):
