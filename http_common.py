@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import time
+import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
@@ -249,11 +250,25 @@ async def llamacpp_props(session: aiohttp.ClientSession, base: str, request: Cha
 async def resolve_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
     """The model to ask: `model_id`, or the loaded one; a text-only model given an image is refused here.
 
-    Vision is what the server says: LM Studio's `capabilities.vision`, else `/v1/models` `input_modalities`, else
-    llama.cpp's `/props` `modalities.vision`. Where none says, the image is sent and a refusal mapped.
+    Decided once per prompt (ComfyUI runs each in a fresh event loop) for each server and model: a list of a
+    thousand images asks the server once, not a thousand times.
     """
     if request.model and not request.images:
         return request.model
+    known = _resolved.setdefault(asyncio.get_running_loop(), {})
+    key = (base, request.model, bool(request.images))
+    if key not in known:
+        known[key] = await _resolve_model(session, base, request)
+    return known[key]
+
+
+_resolved: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str, bool], str]] = (
+    weakref.WeakKeyDictionary())
+
+
+async def _resolve_model(session: aiohttp.ClientSession, base: str, request: ChatRequest) -> str:
+    """Vision is what the server says: LM Studio's `capabilities.vision`, else `/v1/models` `input_modalities`, else
+    llama.cpp's `/props` `modalities.vision`. Where none says, the image is sent and a refusal mapped."""
     models = await native_models(session, base, request)
     is_lmstudio = models is not None
     model = request.model

@@ -22,7 +22,8 @@ class ListRun:
 
     states: dict[int, str] = field(default_factory=dict)
     fractions: dict[int, float] = field(default_factory=dict)
-    abort_message: str | None = None  # set by an item whose error policy stops the whole run
+    abort_message: str | None = None  # set by an item whose error policy stops the whole run (`abort`)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)  # set once the items must stop: Cancel or `abort`
     resumed: int = 0  # items whose answer came back from the answers file
     vram_freed: bool = False  # ComfyUI's VRAM is handed over once per list, not once per item
     notices: dict[str, str] = field(default_factory=dict)  # kind -> sentence; the node shows them all, one per line
@@ -73,6 +74,11 @@ class ListRun:
         seconds = max(now - self.started_at, 1e-6)
         return f"list: {', '.join(parts)} | {self.count * 60 / seconds:.1f} items/min | {_duration(seconds)}"
 
+    def abort(self, message: str) -> None:
+        """An item's error stops the whole run (the first error is the one every item reports)."""
+        self.abort_message = self.abort_message or message
+        self.stopped.set()
+
     def active(self, besides: int | None = None) -> bool:
         """Whether any item (other than `besides`) is still queued or running."""
         return any(s in (QUEUED, RUNNING) for i, s in self.states.items() if i != besides)
@@ -87,6 +93,14 @@ def _duration(seconds: float) -> str:
 class PromptState:
     interrupted: bool = False
     runs: dict[str, ListRun] = field(default_factory=dict)
+    waiting: int = 0  # items waiting (for a slot, out a refusal) for a stop signal instead of polling for one
+    watcher: asyncio.Task | None = None  # the one task that polls ComfyUI's interrupt flag for them
+
+    def interrupt(self) -> None:
+        """Cancel is seen: every run of the prompt stops."""
+        self.interrupted = True
+        for run in self.runs.values():
+            run.stopped.set()
 
 
 _prompts: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, PromptState] = weakref.WeakKeyDictionary()

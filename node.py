@@ -408,7 +408,7 @@ async def _failed(
     channel.send("error", message)
     _finish(channel, FAILED)
     if options.on_error == ON_ERROR_RAISE:
-        channel.run.abort_message = channel.run.abort_message or message
+        channel.run.abort(message)
         raise RuntimeError(message) from exc
     in_list = await _in_list(channel)
     text = "" if in_list else f"Error: {message}"
