@@ -25,6 +25,18 @@ MASTER_KEY = "sk-router-tier-test-key"
 MODEL_NAME = "lmstudio"  # what the node's model_id names: the proxy's model group
 
 
+def litellm_binary() -> str:
+    """`LITELLM_BIN`: without it the router tier is skipped, and in CI it fails instead (.ci/run builds it)."""
+    import pytest
+
+    binary = os.environ.get("LITELLM_BIN")
+    if not binary:
+        if os.environ.get("CI"):
+            raise RuntimeError("CI must prepare the router tier (.ci/run runs tests/router/setup.sh)")
+        pytest.skip('the router tier needs LiteLLM\'s proxy: eval "$(tests/router/setup.sh)"')
+    return binary
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

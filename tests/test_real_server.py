@@ -289,13 +289,9 @@ async def test_the_node_chains_turns_against_llama_server(server_url, comfy):
 @pytest.fixture(scope="module")
 def two_servers_behind_litellm():
     """Two llama-servers of 2 slots each behind LiteLLM's real proxy (the router tier's), as in the README's recipe."""
-    binary = os.environ.get("LITELLM_BIN")
-    if not binary:
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the router tier (.ci/run runs tests/router/setup.sh)")
-        pytest.skip('needs LiteLLM\'s proxy too: eval "$(tests/router/setup.sh)"')
-    from router_proxy import LiteLLMProxy
+    from router_proxy import LiteLLMProxy, litellm_binary
 
+    binary = litellm_binary()
     servers = [llama_server("-np", "2", "--metrics") for _ in range(2)]
     urls = [next(server) for server in servers]
     proxy = LiteLLMProxy(binary, urls, parallel=2, model=ALIAS).start()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 
 import comfy.model_management as model_management
@@ -18,7 +17,7 @@ from aiohttp import web
 
 from chat_node_helpers import events, run, run_list
 from fake_lmstudio import MODEL, FakeLMStudio, openai_script
-from router_proxy import MASTER_KEY, MODEL_NAME, LiteLLMProxy, free_port
+from router_proxy import MASTER_KEY, MODEL_NAME, LiteLLMProxy, free_port, litellm_binary
 
 OPENAI = "OpenAI-compatible"
 ITEM_SECONDS = 0.15  # each stand-in thinks this long in a slot before it answers
@@ -26,13 +25,8 @@ ITEM_SECONDS = 0.15  # each stand-in thinks this long in a slot before it answer
 
 @pytest.fixture(scope="module")
 def proxy():
-    binary = os.environ.get("LITELLM_BIN")
-    if not binary:
-        if os.environ.get("CI"):
-            raise RuntimeError("CI must prepare the router tier (.ci/run runs tests/router/setup.sh)")
-        pytest.skip('the router tier needs LiteLLM\'s proxy: eval "$(tests/router/setup.sh)"')
     backends = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
-    started = LiteLLMProxy(binary, backends, parallel=4, model=MODEL).start()
+    started = LiteLLMProxy(litellm_binary(), backends, parallel=4, model=MODEL).start()
     yield started
     started.stop()
 
