@@ -26,7 +26,7 @@ from .chat import ChatRequest, Failure, LMStudioError
 from .client import parallel_slots, stream_chat
 from .list_run import QUEUED, RUNNING, ListRun, PromptState, list_run, prompt_state
 from .relay import StreamRelay
-from .slots import SlotPool, pool_for
+from .slots import SlotPool, Ticket, pool_for
 from .utils import normalize_server_url
 
 log = logging.getLogger("lmstudio_stream")
@@ -126,29 +126,37 @@ async def stream_item(request: ChatRequest, max_parallel: int, busy_wait_seconds
     pool = pool_for(key, max_parallel, lambda: parallel_slots(request))
     tries = Tries(busy_wait_seconds)
     refused_before = False
-    while True:
-        await _wait_for_slot(pool, channel, first=refused_before)
-        ticket = pool.sent()
-        try:
-            # Cancel frees the running items' slots, and a queued item may get one in the same turn: it must not send.
-            if (reason := stop_reason(channel.run)) is not None:
-                raise_stop(reason)
-            channel.state(RUNNING)
-            await _run_stream(request, relay, channel.run, partial(pool.heard, ticket))
-            return
-        except LMStudioError as exc:
-            wait = tries.wait_before_next(exc.kind, exc.retry_after, random.random(),
-                                          server_was_answering=pool.answered > 0)
-            if wait is None or stop_reason(channel.run) is not None:
-                raise _given_up(exc, tries) from None
-            if exc.kind in (Failure.BUSY, Failure.UNREACHABLE):  # a full server; one prompt's 500 is not news of that
-                pool.refused(ticket, exc.retry_after)
-            relay.reset()
-            failure = exc
-        finally:
+    ticket: Ticket | None = None  # the slot held; kept across a transient failure's one more try
+    try:
+        while True:
+            if ticket is None:
+                await _wait_for_slot(pool, channel, first=refused_before)
+                ticket = pool.sent()
+            try:
+                # Cancel frees the running items' slots, and a queued item may get one in the same turn: it must not
+                # send.
+                if (reason := stop_reason(channel.run)) is not None:
+                    raise_stop(reason)
+                channel.state(RUNNING)
+                await _run_stream(request, relay, channel.run, partial(pool.heard, ticket))
+                return
+            except LMStudioError as exc:
+                wait = tries.wait_before_next(exc.kind, exc.retry_after, random.random(),
+                                              server_was_answering=pool.answered > 0)
+                if wait is None or stop_reason(channel.run) is not None:
+                    raise _given_up(exc, tries) from None
+                relay.reset()
+                if exc.kind is not Failure.TRANSIENT:
+                    # A full server: the slot goes back while this item waits, and it queues again at the front. (A
+                    # transient failure keeps its slot for its one more try: a queued item must not take it meanwhile.)
+                    pool.refused(ticket, exc.retry_after)
+                    pool.release(ticket)
+                    ticket, refused_before = None, True
+                failure = exc
+            await _wait_out(pool, channel, wait, failure)
+    finally:
+        if ticket is not None:
             pool.release(ticket)
-        refused_before = True
-        await _wait_out(pool, channel, wait, failure)
 
 
 def _given_up(exc: LMStudioError, tries: Tries) -> LMStudioError:
@@ -186,6 +194,8 @@ async def _until(future: asyncio.Future, run: ListRun) -> None:
     watcher does, and they wait for their run's `stopped` (each polling ten times a second cost ComfyUI about 9 ms of
     CPU per item of a 1,000-image list).
     """
+    if (reason := stop_reason(run)) is not None:  # stopped before it began: a run made after Cancel, say
+        raise_stop(reason)
     state = prompt_state()
     state.waiting += 1
     if state.watcher is None or state.watcher.done():
