@@ -9,8 +9,14 @@ do not:
   and the iteration runs on to the `userStopped` result. Only if LM Studio does not answer within
   `CANCEL_DRAIN_SECONDS` is the run cancelled outright.
 - Reconnecting: a dropped connection kills an `AsyncClient` for good (facts 0.14). A run that finds its kept
-  client dead opens one fresh client and tries again, but only before its prediction was sent: a prediction
-  that already started is never sent twice.
+  client dead opens one fresh client and tries again, but only before LM Studio said anything of its prediction:
+  a prediction that LM Studio began is never sent twice.
+- Remembering the model: every message over the SDK's websockets costs the worker CPU (most of its ~12 ms a
+  caption goes to the SDK's websocket stack), and asking for the model (`getOrLoad`) and its vision
+  (`getModelInfo`) is four of the fourteen a caption exchanges. So a kept client remembers, for
+  `sdk_runtime.MEMO_SECONDS`, the handle and what was learned of it; a list's later items go straight to the upload and
+  the prediction. Should the model have been unloaded meanwhile, LM Studio refuses that prediction before it runs
+  (`noModelMatchingQuery`), and the run asks for the model again (loading it, as a first run would) and predicts.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import contextlib
 import inspect
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -132,6 +139,20 @@ async def _opened_client(base: str, host: str, request: ChatRequest) -> AsyncIte
         yield client
 
 
+@dataclass
+class _Known:
+    """What a kept client learned of the model a request names."""
+
+    handle: Any
+    context_length: int | None = None  # asked only when a request sets one
+    vision: bool | None = None  # asked only when a request sends images
+
+
+def _memo_key(request: ChatRequest) -> tuple[str, int | None, int | None]:
+    """The requests that `getOrLoad` answers alike: the same model query, TTL and load config."""
+    return request.model, request.ttl_seconds, request.context_length
+
+
 class _Run:
     """One chat turn. Owns no connection: it borrows the kept client for its server and token."""
 
@@ -143,6 +164,12 @@ class _Run:
         self.connected = self.started = self.stopping = False
         self._canceller: asyncio.Future | None = None
         self.received = 0
+        self.remembered = False  # whether the model handle came from the kept client's memo
+        # Whether LM Studio said anything about the prediction. A connection that fails before it did was dead
+        # already (a kept one, after LM Studio restarted or the machine slept; the SDK finds out only on reading):
+        # the prediction never ran, and goes once more on a fresh connection. One that LM Studio began is never sent
+        # twice.
+        self.heard = False
 
     async def main(self) -> None:
         self.task = asyncio.current_task()
@@ -159,17 +186,25 @@ class _Run:
         for attempt in range(2):
             # Each attempt explains its own failures: the fresh client that replaces a dead kept one may be refused,
             # or asked for a token, as a first connection would be.
-            self.connected = False
+            self.connected = self.started = False
+            self.stream = None
             kept, client = await RUNTIME.client(self.key, lambda: _opened_client(self.base, self.host, self.request))
             self.connected = True
             try:
-                await self._chat(client)
+                await self._chat(kept, client)
                 return
             except (lms.LMStudioWebsocketError, lms.LMStudioChannelClosedError):
                 await RUNTIME.discard(self.key, kept)
-                if self.started or attempt == 1 or self.stopping:
+                if self.heard or attempt == 1 or self.stopping:
                     raise
                 log.info("LM Studio SDK: the kept connection to %s was dead; opening a fresh one", self.host)
+            except lms.LMStudioServerError as exc:
+                # A remembered model unloaded since: LM Studio refused the prediction without running it.
+                unloaded = self.remembered and _error_code(exc) in _MODEL_NOT_FOUND_CODES
+                if not unloaded or self.heard or attempt == 1 or self.stopping:
+                    raise
+                kept.forget(_memo_key(self.request))
+                log.info("LM Studio SDK: '%s' is no longer loaded; asking for it again", self.request.model)
             finally:
                 RUNTIME.release(kept)
 
@@ -190,14 +225,26 @@ class _Run:
         if self.task is not None and not self.task.done():
             self.task.cancel()  # LM Studio did not finish with `userStopped` in time
 
-    async def _model(self, client: Any) -> Any:
-        """The model handle: loaded already, or loaded now (with the request's context length, if it sets one)."""
-        model = await self._loaded_or_load(client)
-        wanted = self.request.context_length
+    async def _model(self, kept: KeptClient, client: Any) -> Any:
+        """The model handle, checked for what the request needs: remembered, loaded already, or loaded now (with
+        the request's context length, if it sets one)."""
+        request, key = self.request, _memo_key(self.request)
+        known = kept.recall(key)
+        self.remembered = known is not None
+        if known is None:
+            known = _Known(await self._loaded_or_load(client))
+            kept.remember(key, known)
+        if request.context_length and known.context_length is None:
+            known.context_length = await known.handle.get_context_length()
+        if request.images and known.vision is None:
+            known.vision = (await known.handle.get_info()).vision
+        identifier = known.handle.identifier
         # Checked, not assumed: a model loaded before keeps its length, and LM Studio may shorten one to fit memory.
-        if wanted and (length := await model.get_context_length()) != wanted:
-            self.handoff.put(Notice("context", context_kept(model.identifier, length, wanted)))
-        return model
+        if request.context_length and known.context_length != request.context_length:
+            self.handoff.put(Notice("context", context_kept(identifier, known.context_length, request.context_length)))
+        if request.images and not known.vision:
+            raise not_vision_capable(identifier)
+        return known.handle
 
     async def _loaded_or_load(self, client: Any) -> Any:
         if not self.request.model:
@@ -221,11 +268,9 @@ class _Run:
                 raise model_not_found(self.request.model, f"{_detail(exc)}. {await _model_listing(client)}") from exc
             raise
 
-    async def _chat(self, client: Any) -> None:
+    async def _chat(self, kept: KeptClient, client: Any) -> None:
         request = self.request
-        model = await self._model(client)
-        if request.images and not (await model.get_info()).vision:
-            raise not_vision_capable(model.identifier)
+        model = await self._model(kept, client)
         chat = lms.Chat(request.system_prompt) if request.system_prompt else lms.Chat()
         for turn in request.history:  # the whole chat: earlier turns with their images, then this one
             chat.add_user_message(turn.prompt, images=await _upload(client, turn.images))
@@ -234,6 +279,7 @@ class _Run:
         config = sdk_prediction_config(request)
 
         def on_prompt(fraction: float) -> None:
+            self.heard = True
             self.handoff.put(Progress("prompt_processing", fraction))
 
         if self.stopping:
@@ -243,6 +289,7 @@ class _Run:
         reasoning_tokens = 0
         put_text = self.handoff.put_text
         async for fragment in self.stream:
+            self.heard = True
             kind = fragment.reasoning_type
             if kind in REASONING_TYPES:
                 reasoning_tokens += fragment.tokens_count

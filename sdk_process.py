@@ -54,13 +54,13 @@ _PACK = Path(__file__).resolve().parent
 # the working directory first).
 _BOOT = """\
 import importlib, json, sys, types
-folder, paths, idle, reap = sys.argv[1:5]
+folder, paths, settings = sys.argv[1:4]
 comfyui = [p for p in json.loads(paths) if p]
 sys.path = comfyui + [p for p in sys.path if p and p not in comfyui]
 pack = types.ModuleType("lmstudio_sdk_worker_pack")
 pack.__path__ = [folder]
 sys.modules[pack.__name__] = pack
-importlib.import_module(pack.__name__ + ".sdk_worker").main(float(idle), float(reap))
+importlib.import_module(pack.__name__ + ".sdk_worker").main(json.loads(settings))
 """
 _DONE = object()
 
@@ -91,8 +91,8 @@ class _Process:
         self._ready = threading.Event()
         self.pid: int | None = None
         self.popen = subprocess.Popen(
-            [sys.executable, "-c", _BOOT, str(_PACK), json.dumps(sys.path), str(sdk_runtime.IDLE_CLOSE_SECONDS),
-             str(sdk_runtime.REAP_EVERY_SECONDS)],
+            [sys.executable, "-c", _BOOT, str(_PACK), json.dumps(sys.path),
+             json.dumps({name: getattr(sdk_runtime, name) for name in sdk_runtime.SETTINGS})],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, cwd=_PACK,
             creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),  # no console window on Windows
         )

@@ -25,6 +25,12 @@ log = logging.getLogger("lmstudio_stream")
 
 IDLE_CLOSE_SECONDS = 300.0
 REAP_EVERY_SECONDS = 5.0
+# How long a kept client trusts what a run learned over it (a model handle, say) without asking again. Short: a model
+# reloaded with another context length, or swapped for another one that matches the query, is seen within seconds,
+# while a list of captions asks about once per this many seconds instead of once per item.
+MEMO_SECONDS = 10.0
+# The settings above, as the worker process receives them from ComfyUI's side (which tests may change).
+SETTINGS = ("IDLE_CLOSE_SECONDS", "REAP_EVERY_SECONDS", "MEMO_SECONDS")
 SHUTDOWN_SECONDS = 2.0
 T = TypeVar("T")
 ClientKey = tuple[str, str | None]  # (host:port, API token)
@@ -143,6 +149,9 @@ class KeptClient:
         self._owner = asyncio.create_task(self._own())
         self.last_used = time.monotonic()
         self.users = 0
+        # What runs learned over this connection (model handles, for one): it belongs to the connection, and goes
+        # with it. Values are (learned at, value).
+        self._learned: dict[Any, tuple[float, Any]] = {}
 
     async def _own(self) -> None:
         try:
@@ -158,6 +167,17 @@ class KeptClient:
 
     async def client(self) -> Any:
         return await asyncio.shield(self._ready)
+
+    def recall(self, key: Any) -> Any | None:
+        """What was learned under `key` within `MEMO_SECONDS`, or None."""
+        learned = self._learned.get(key)
+        return learned[1] if learned and time.monotonic() - learned[0] < MEMO_SECONDS else None
+
+    def remember(self, key: Any, value: Any) -> None:
+        self._learned[key] = (time.monotonic(), value)
+
+    def forget(self, key: Any) -> None:
+        self._learned.pop(key, None)
 
     @property
     def failed(self) -> bool:

@@ -137,7 +137,7 @@ async def _serve(requests: IO[bytes], replies: _Replies) -> None:
     await RUNTIME.aclose()
 
 
-def main(idle_close_seconds: float, reap_every_seconds: float) -> None:
+def main(settings: dict[str, float]) -> None:
     """The process's entry point (`sdk_process` starts it with these settings of ComfyUI's side)."""
     # File descriptors, not sys.stdin/stdout: a windowless Python (pythonw) may leave those None even on pipes.
     requests, replies = os.fdopen(0, "rb"), _Replies(os.fdopen(os.dup(1), "wb"))
@@ -151,5 +151,6 @@ def main(idle_close_seconds: float, reap_every_seconds: float) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # other libraries' warnings and errors: their debug output could be a line a token
     log.setLevel(logging.DEBUG)  # the pack's own few records, all of them: ComfyUI's side filters by its own level
-    sdk_runtime.IDLE_CLOSE_SECONDS, sdk_runtime.REAP_EVERY_SECONDS = idle_close_seconds, reap_every_seconds
+    for name in sdk_runtime.SETTINGS:
+        setattr(sdk_runtime, name, float(settings[name]))
     asyncio.run(_serve(requests, replies))

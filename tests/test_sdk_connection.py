@@ -21,7 +21,7 @@ from aiohttp import web
 
 from fake_lmstudio import MODEL, FakeLMStudio, sdk_fragment
 from lmstudio_pack import sdk_backend, sdk_process, sdk_runtime
-from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, TextDelta
+from lmstudio_pack.chat import ChatRequest, ConnectionMode, Finished, LMStudioError, Notice, Progress, TextDelta
 from lmstudio_pack.client import stream_chat
 from lmstudio_pack.sdk_process import WORKER
 from procs import process_alive
@@ -70,6 +70,64 @@ async def test_a_token_or_server_change_gets_its_own_client(lmstudio, aiohttp_se
     await answer(request_for(lmstudio.url, api_token="sk-lm-abcdefgh:abcdefghijklmnopqrst"))
     assert other.sdk.connections == SOCKETS_PER_CLIENT
     assert lmstudio.sdk.connections == 2 * SOCKETS_PER_CLIENT
+
+
+# ---- what a kept client remembers of the model (`KeptClient.recall`)
+
+JPEG = (b"\xff\xd8\xff\xe0frame",)
+
+
+def asked(fake) -> tuple[int, int, int]:
+    """(getOrLoad, getModelInfo, predict) messages the server received."""
+    return (len(fake.sdk.sent("channelCreate", "getOrLoad")), len(fake.sdk.sent("rpcCall", "getModelInfo")),
+            len(fake.sdk.sent("channelCreate", "predict")))
+
+
+async def test_later_runs_remember_the_model_and_its_vision(lmstudio):
+    """A list's later items go straight to the upload and the prediction: four fewer messages each."""
+    for _ in range(3):
+        assert await answer(request_for(lmstudio.url, images=JPEG)) == "A red square."
+    assert asked(lmstudio) == (1, 1, 3)
+    assert len(lmstudio.sdk.sent("rpcCall", "uploadFileBase64")) == 3  # a file handle is the run's own
+
+
+async def test_a_remembered_text_only_model_still_refuses_images(lmstudio):
+    lmstudio.sdk.text_only = {MODEL}
+    assert await answer(request_for(lmstudio.url)) == "A red square."  # remembered; its vision not asked yet
+    for _ in range(2):
+        with pytest.raises(LMStudioError, match=f"Model '{MODEL}' cannot see images"):
+            await answer(request_for(lmstudio.url, images=JPEG))
+    assert asked(lmstudio) == (1, 1, 1)
+
+
+async def test_a_remembered_context_length_still_gives_each_run_its_notice(lmstudio):
+    for _ in range(2):
+        events = [e async for e in stream_chat(request_for(lmstudio.url, context_length=4096))]
+        assert [e.kind for e in events if isinstance(e, Notice)] == ["context"]
+        assert isinstance(events[-1], Finished)
+    assert asked(lmstudio) == (1, 1, 2)
+
+
+async def test_a_remembered_model_unloaded_since_is_loaded_again(lmstudio):
+    assert await answer(request_for(lmstudio.url)) == "A red square."
+    lmstudio.sdk.loaded.clear()  # its idle TTL ran out, or someone unloaded it; it is still downloaded
+    events = [e async for e in stream_chat(request_for(lmstudio.url))]
+    assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "A red square."
+    assert [e.fraction for e in events if isinstance(e, Progress) and e.stage == "model_load"][-1] == 1.0
+    assert asked(lmstudio) == (2, 0, 3)  # the remembered handle's prediction was refused before it ran
+    assert lmstudio.sdk.loaded == [MODEL]
+
+
+async def test_what_was_learned_is_asked_again_after_a_while(lmstudio, monkeypatch):
+    await WORKER.aclose()  # the setting below reaches a worker when it starts
+    monkeypatch.setattr(sdk_runtime, "MEMO_SECONDS", 0.3)
+    try:
+        for pause in (0.0, 0.0, 0.5):
+            await asyncio.sleep(pause)
+            assert await answer(request_for(lmstudio.url)) == "A red square."
+        assert asked(lmstudio) == (2, 0, 3)
+    finally:
+        await WORKER.aclose()
 
 
 async def start_fake(aiohttp_server, port: int | None = None) -> tuple[FakeLMStudio, object]:
