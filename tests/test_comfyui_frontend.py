@@ -72,6 +72,12 @@ window.T = {
     return parts;
   },
   text: (node, sel) => T.view(node).querySelector(sel).textContent,
+  // What the view shows of a run: answer, reasoning, statistics and the list.
+  shows: (node) => ({answer: T.text(node, ".lms-answer"), reasoning: T.text(node, ".lms-reasoning"),
+                     stats: T.text(node, ".lms-stats"), list: T.text(node, ".lms-list"),
+                     entries: [...T.view(node).querySelectorAll(".lms-entry")].map((e) => e.textContent),
+                     onPage: T.view(node).isConnected && T.rect(T.view(node)).height > 0}),
+  chatNode: () => app.graph.nodes.find((n) => n.type === "LMStudioStreamChat"),
 };
 """
 
@@ -111,7 +117,7 @@ async def page(request, real_comfyui_servers):
              f"window.app.extensionManager?.setting?.get('Comfy.VueNodes.Enabled') === {json.dumps(vue)}")
     await browser.goto(f"{origin}/", ready=ready)
     await browser.evaluate(HELPERS)
-    browser.label, browser.vue, browser.server = f"{label}-{renderer}", vue, server
+    browser.label, browser.vue, browser.server, browser.ready = f"{label}-{renderer}", vue, server, ready
     yield browser
     await browser.close()
 
@@ -328,6 +334,71 @@ async def test_a_cancelled_list_queued_again_shows_the_resumed_answers_and_the_r
     assert shown["notice"].startswith("2 of 4 answers came back finished from the last run"), shown
     assert not overlaps(shown["parts"]), shown["parts"]
     await keep_picture(ui, "resumed")
+
+
+async def test_the_last_run_stays_after_a_tab_switch_and_a_reload_and_nothing_stale_elsewhere(ui, lmstudio):
+    """A tab switch shows what the frontend keeps per workflow again; a page reload, what the server's history kept
+    of this workflow's runs; the same workflow where the server never ran it, nothing."""
+    lmstudio.event_delay = 0.01
+    # A workflow of its own, as a person starts one (`T.fresh` clears the page's graph, which leaves it without an
+    # id until it is loaded again: a run of such a graph cannot be told from another's after a reload).
+    workflow_id = await ui.evaluate("""(async () => {
+        await app.extensionManager.command.execute("Comfy.NewBlankWorkflow");
+        app.canvas.ds.scale = 1;
+        app.canvas.ds.offset = [0, 0];
+        await T.frames(4);
+        return app.graph.id;
+    })()""")
+    assert workflow_id and workflow_id != "00000000-0000-0000-0000-000000000000"
+    await list_node(ui, lmstudio, "stays", 2)
+    await ui.evaluate("app.queuePrompt(0, 1)")
+    ran = await ui.evaluate("""(async () => {
+        await T.until(() => T.view(__node).querySelectorAll(".lms-entry").length === 2
+                            && T.text(__node, ".lms-list").includes("2 done"));
+        await T.frames(2);
+        return T.shows(__node);
+    })()""")
+    assert ran["answer"] == "A red square." and ran["reasoning"] == "Let me look.", ran
+    assert "tokens/s" in ran["stats"] and len(ran["entries"]) == 2 and ran["onPage"], ran
+    await idle(ui.server)  # the run's history entry is written
+
+    switched = await ui.evaluate("""(async () => {
+        const command = app.extensionManager.command;
+        await command.execute("Comfy.NewBlankWorkflow");
+        await T.frames(4);
+        const away = {nodes: app.graph.nodes.length, chat: Boolean(T.chatNode())};
+        await command.execute("Workspace.PreviousOpenedWorkflow");
+        await T.until(() => T.chatNode() && T.chatNode() !== __node);
+        await T.until(() => T.chatNode().lmstudioStreamView.root.querySelectorAll(".lms-entry").length === 2, 5000);
+        await T.frames(4);
+        window.__node = T.chatNode();
+        return {away, shows: T.shows(__node)};
+    })()""")
+    assert switched["away"] == {"nodes": 0, "chat": False}, switched  # really another workflow
+    assert switched["shows"] == ran, (switched, ran)
+    await keep_picture(ui, "after-tab-switch")
+
+    saved = await ui.evaluate("JSON.stringify(app.graph.serialize())")
+    await ui.goto(ui.server.url + "/", ready=ui.ready)  # the page reloaded: the frontend keeps no outputs
+    await ui.evaluate(HELPERS)
+    reloaded = await ui.evaluate("""(async () => {
+        await T.until(() => T.chatNode()?.lmstudioStreamView?.root.querySelectorAll(".lms-entry").length === 2);
+        await T.frames(4);
+        window.__node = T.chatNode();
+        return T.shows(__node);
+    })()""")
+    assert reloaded == ran, (reloaded, ran)
+    await keep_picture(ui, "after-reload")
+
+    await ui.server.post("/history", {"clear": True})  # as on a machine whose server never ran this workflow
+    elsewhere = await ui.evaluate(f"""(async () => {{
+        await app.loadGraphData({saved});
+        await T.frames(4);
+        await T.sleep(1000);  // time for the history's answer
+        return T.shows(T.chatNode());
+    }})()""")
+    assert elsewhere == {"answer": "", "reasoning": "", "stats": "", "list": "", "entries": [],
+                         "onPage": True}, elsewhere
 
 
 async def test_further_image_sockets_grow_as_images_are_linked(ui, lmstudio):

@@ -226,6 +226,51 @@ test("a new run starts with item 0; a cached list comes back from the executed m
                    [["#1", "first", false], ["#2", "Error: refused", true]]);
 });
 
+// ------------------------------------------------------------------- the last run again, after a tab switch or a reload
+
+import { findNodeByLocator, isBlank, latestOutputs } from "../../web/js/lmstudio_stream_core.js";
+
+const WORKFLOW = "6f1c1c52-1f0e-4c7a-9a57-2b8f0c1d2e3f";
+const run = (number, workflowId, outputs) => ({
+  prompt: [number, `prompt-${number}`, {}, { extra_pnginfo: { workflow: { id: workflowId } } }, []], outputs,
+});
+const said = (text) => ({ lmstudio: [{ index: 0, text, reasoning: "", stats: "mode: SDK" }] });
+
+test("the server's history gives each chat node of this workflow its newest run, and nothing of others", () => {
+  const history = {
+    a: run(3, WORKFLOW, { 5: said("newest of 5"), 9: { images: [] } }),
+    b: run(1, WORKFLOW, { 5: said("older of 5"), 7: said("only run of 7") }),
+    c: run(4, "another-workflow", { 5: said("another workflow's"), 8: said("another workflow's") }),
+    d: { prompt: "not a run" },
+  };
+  const found = latestOutputs(history, WORKFLOW);
+  assert.deepEqual([...found.keys()].sort(), ["5", "7"]); // 9 is no chat node's output; 8 ran in another workflow
+  assert.equal(found.get("5").lmstudio[0].text, "newest of 5");
+  assert.equal(found.get("7").lmstudio[0].text, "only run of 7");
+  assert.equal(latestOutputs(history, undefined).size, 0); // a workflow without an id matches nothing
+  assert.equal(latestOutputs(null, WORKFLOW).size, 0);
+});
+
+test("node locators name a node of the root graph or of a subgraph", () => {
+  const node = (id) => ({ id });
+  const graph = (ids) => ({ getNodeById: (id) => (ids.includes(id) ? node(id) : null) });
+  const inner = "0a1b2c3d-0000-4000-8000-000000000001";
+  const root = { ...graph([3, 34]), subgraphs: new Map([[inner, graph([7])]]) };
+  assert.equal(findNodeByLocator(root, "34").id, 34);
+  assert.equal(findNodeByLocator(root, `${inner}:7`).id, 7);
+  assert.equal(findNodeByLocator(root, `${inner}:34`), null);
+  assert.equal(findNodeByLocator(root, "12:34"), null); // an execution id, not a locator
+  assert.equal(findNodeByLocator(root, "x"), null);
+});
+
+test("a view is blank until a run streams into it or one is shown again", () => {
+  const state = createState();
+  assert.equal(isBlank(state), true);
+  applyUpdate(state, "clear", "");
+  assert.equal(isBlank(state), false);
+  assert.equal(isBlank(stateFromExecuted(said("shown again"))), false);
+});
+
 // ----------------------------------------------------------------------------------------- old workflows
 
 import { readFileSync } from "node:fs";

@@ -13,8 +13,11 @@ import {
   createFrameScheduler,
   createState,
   findNode,
+  findNodeByLocator,
   headline,
+  isBlank,
   isNearBottom,
+  latestOutputs,
   migrateWorkflow,
   modelsRoute,
   pickItem,
@@ -367,6 +370,40 @@ function attachView(node) {
   return view;
 }
 
+/** What the frontend keeps of a chat node's last run, shown again in its new view. */
+function showOutput(node, output) {
+  const state = node?.comfyClass === NODE_CLASS && node.lmstudioStreamView ? stateFromExecuted(output) : null;
+  if (state) node.lmstudioStreamView.replace(state);
+}
+
+// How many of the server's latest runs a reloaded page looks through for its chat nodes' last answers.
+const HISTORY_RUNS = 64;
+
+/**
+ * After a page reload the frontend keeps no node outputs: the chat nodes of the workflow shown take their last
+ * answers from the server's history of this workflow's runs (matched by the workflow's id). Views that already
+ * show something (a run streaming, outputs the frontend restored on a tab switch) are left alone.
+ */
+async function showFromHistory() {
+  const root = app.rootGraph ?? app.graph;
+  const workflowId = root?.id;
+  const blank = (node) => node?.comfyClass === NODE_CLASS && node.lmstudioStreamView
+    && isBlank(node.lmstudioStreamView.state);
+  const subgraphs = [...(root?.subgraphs?.values?.() ?? [])];
+  if (!workflowId || ![root, ...subgraphs].some((graph) => graph.nodes?.some(blank))) return;
+  let history;
+  try {
+    history = await (await api.fetchApi(`/history?max_items=${HISTORY_RUNS}`)).json();
+  } catch {
+    return; // no history to be had: the views stay blank, as before a first run
+  }
+  if ((app.rootGraph ?? app.graph)?.id !== workflowId) return; // another workflow was opened meanwhile
+  for (const [executionId, output] of latestOutputs(history, workflowId)) {
+    const node = findNode(app.rootGraph ?? app.graph, executionId);
+    if (blank(node)) showOutput(node, output);
+  }
+}
+
 function onStreamUpdate(event) {
   const detail = event?.detail;
   if (!detail || typeof detail !== "object") return;
@@ -400,10 +437,22 @@ app.registerExtension({
     const onExecuted = nodeType.prototype.onExecuted;
     nodeType.prototype.onExecuted = function (output, ...rest) {
       const result = onExecuted?.apply(this, [output, ...rest]);
-      const state = stateFromExecuted(output);
-      if (state && this.lmstudioStreamView) this.lmstudioStreamView.replace(state);
+      showOutput(this, output);
       return result;
     };
+  },
+  onNodeOutputsUpdated(outputs) {
+    // The frontend put back the node outputs it keeps per workflow (a tab switched back to, a run loaded from the
+    // queue): each chat node's new view shows its last run again, as core's Preview as Text does. Keys are node
+    // locators, or execution ids from the queue. A view that is streaming keeps its run.
+    const root = app.rootGraph ?? app.graph;
+    for (const [key, output] of Object.entries(outputs ?? {})) {
+      const node = findNodeByLocator(root, key) ?? findNode(root, key);
+      if (node?.lmstudioStreamView && !node.lmstudioStreamView.state.running) showOutput(node, output);
+    }
+  },
+  afterConfigureGraph() {
+    showFromHistory(); // not awaited: the workflow does not wait for the server's answer
   },
   setup() {
     api.addEventListener(STREAM_EVENT, onStreamUpdate);

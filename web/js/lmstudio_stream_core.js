@@ -170,6 +170,40 @@ export function stateFromExecuted(output) {
   return state;
 }
 
+/**
+ * The newest output of each chat node among the server's runs of one workflow, from ComfyUI's `/history` answer
+ * (prompt id -> {prompt: [number, id, prompt, extra_data, ...], outputs}): a Map of execution id -> output. Runs
+ * of other workflows (their `extra_pnginfo.workflow.id` differs) are never taken, so a workflow opened elsewhere
+ * shows nothing stale.
+ */
+export function latestOutputs(history, workflowId) {
+  const found = new Map();
+  if (!workflowId || !history || typeof history !== "object") return found;
+  const number = (run) => (Number.isFinite(run.prompt[0]) ? run.prompt[0] : -1);
+  const runs = Object.values(history)
+    .filter((run) => Array.isArray(run?.prompt) && run.prompt[3]?.extra_pnginfo?.workflow?.id === workflowId)
+    .sort((a, b) => number(b) - number(a));
+  for (const run of runs) {
+    for (const [id, output] of Object.entries(run.outputs ?? {})) {
+      if (!found.has(id) && stateFromExecuted(output)) found.set(id, output);
+    }
+  }
+  return found;
+}
+
+/** The node a frontend's node locator names ("34", or "<subgraph uuid>:34" inside a subgraph), or null. */
+export function findNodeByLocator(rootGraph, locatorId) {
+  const match = /^(?:([0-9a-f-]{36}):)?(\d+)$/i.exec(String(locatorId ?? ""));
+  if (!match || !rootGraph) return null;
+  const graph = match[1] ? rootGraph.subgraphs?.get?.(match[1]) : rootGraph;
+  return graph?.getNodeById?.(Number(match[2])) ?? null;
+}
+
+/** Whether a view has shown nothing yet: no run streamed into it, none restored. */
+export function isBlank(state) {
+  return state.items.size === 0 && !state.running;
+}
+
 /** "12:34" (a node inside subgraph node 12) -> [12, 34]; null if it is not an execution id. */
 export function parseExecutionId(nodeId) {
   const parts = String(nodeId ?? "").split(":");
