@@ -20,6 +20,11 @@ def chromium_path() -> str | None:
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+def _leaving(message: dict[str, Any]) -> bool:
+    """The page asks "Leave site?" before it unloads."""
+    return message.get("method") == "Page.javascriptDialogOpening" and message["params"]["type"] == "beforeunload"
+
+
 class Chromium:
     """One headless browser with one page; `evaluate` runs JS (awaiting promises) and returns its value."""
 
@@ -65,6 +70,11 @@ class Chromium:
                                              message["params"]["args"]))
             elif message.get("method") == "Runtime.exceptionThrown":
                 self.console.append("EXCEPTION " + json.dumps(message["params"]["exceptionDetails"])[:500])
+            elif _leaving(message):
+                # "Leave site? Changes may not be saved" (the frontend asks once a person touched the page): a
+                # reload in a test leaves as a person confirming it would. Its reply is not waited for.
+                await self._ws.send_json({"id": next(self._ids), "method": "Page.handleJavaScriptDialog",
+                                          "params": {"accept": True}})
             if message.get("id") == call:
                 if "error" in message:
                     raise RuntimeError(f"{method}: {message['error']}")
