@@ -72,7 +72,7 @@ class ListRun:
         if failed:
             parts.append(f"{failed} failed")
         seconds = max(now - self.started_at, 1e-6)
-        return f"list: {', '.join(parts)} | {self.count * 60 / seconds:.1f} items/min | {_duration(seconds)}"
+        return f"list: {', '.join(parts)} | {self.count * 60 / seconds:.1f} items/min | {duration(seconds)}"
 
     def abort(self, message: str) -> None:
         """An item's error stops the whole run (the first error is the one every item reports)."""
@@ -84,7 +84,8 @@ class ListRun:
         return any(s in (QUEUED, RUNNING) for i, s in self.states.items() if i != besides)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """'2 min 5 s', or '12.3 s' under a minute."""
     minutes, rest = divmod(round(seconds), 60)
     return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
 

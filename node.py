@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import asdict
 
 import comfy.model_management as model_management
-import folder_paths
 from aiohttp import web
 from comfy_api.latest import ComfyExtension, io
 from server import PromptServer
 
-from .answer_store import Answer, AnswerStore
+from .answer_store import Answer
+from .caption_folder_node import LMStudioCaptionFolder
 from .chat import (
     DEFAULT_SERVER_URL,
     ChatRequest,
@@ -29,11 +28,12 @@ from .chat import (
     api_token_from_env,
     unsent_settings,
 )
-from .client import list_models, unload_model
+from .client import list_models
 from .conversation import Conversation, Turn
 from .json_field_node import LMStudioJSONField
 from .list_item import QUEUE_POLL_SECONDS, Aborted, ItemChannel, start_item, stop_reason, stream_item
 from .list_run import CANCELLED, DONE, FAILED, ListRun
+from .node_parts import answer_store, free_comfy_vram, unload_after_run
 from .options_node import (
     CATEGORY,
     ON_ERROR_RAISE,
@@ -53,11 +53,8 @@ log = logging.getLogger("lmstudio_stream")
 
 CONVERSATION_TYPE = "LMSTUDIO_CONVERSATION"
 CONVERSATION_OUTPUT = 8  # the conversation output's index, as the prompt's links name it
-UNLOAD_CONFIRM_SECONDS = 10.0
 # A failed first item waits this long to learn whether it is part of a list (see `_in_list`).
 LIST_SETTLE_SECONDS = 0.05
-# In ComfyUI's user folder; the `__` prefix marks a system user's folder, which ComfyUI never serves over HTTP.
-ANSWERS_FOLDER = "__lmstudio_stream_chat"
 # The further image sockets (core's Autogrow, as its own multi-image nodes): `image` is the first of the eight.
 MORE_IMAGES = tuple(f"image_{n}" for n in range(2, MAX_BATCH_IMAGES + 1))
 
@@ -95,16 +92,6 @@ async def _encode(images: list, options: ChatOptions, channel: ItemChannel) -> t
         channel.notice("images", notice)
     # JPEG encoding takes tens of milliseconds an image: keep it off the event loop.
     return await asyncio.to_thread(_encode_all, images, options)
-
-
-def _free_comfy_vram(channel: ItemChannel) -> None:
-    """Once per list: the first item to get here frees ComfyUI's VRAM before any item asks LM Studio."""
-    if channel.run.vram_freed:
-        return
-    channel.run.vram_freed = True
-    channel.send("status", "Freeing ComfyUI's VRAM")
-    model_management.unload_all_models()
-    model_management.soft_empty_cache()
 
 
 class LMStudioStreamChat(io.ComfyNode):
@@ -301,7 +288,7 @@ class LMStudioStreamChat(io.ComfyNode):
             if store is not None and (answer := await store.lookup(request)) is not None:
                 return await _resumed(answer, channel, _turned(chat, request, answer))
             if options.free_comfy_vram:
-                _free_comfy_vram(channel)
+                free_comfy_vram(channel)
             await stream_item(request, options.max_parallel, options.busy_wait_seconds, relay, channel)
         except model_management.InterruptProcessingException:
             _finish(channel, CANCELLED, "Cancelled")
@@ -319,7 +306,7 @@ class LMStudioStreamChat(io.ComfyNode):
         channel.send("stats", summary)
         # VRAM is handed back once, after the list's last answer.
         if options.after_run == UNLOAD and answer.stats.model and not channel.run.active(besides=channel.index):
-            await _unload(request, answer.stats.model, channel)
+            await unload_after_run(request, answer.stats.model, channel)
         _finish(channel, DONE)
         return await _output(channel, answer, summary, _turned(chat, request, answer))
 
@@ -357,17 +344,6 @@ def _finish(channel: ItemChannel, state: str, status: str = "") -> None:
     if status:
         channel.send("status", status)
     channel.send("done")
-
-
-def answer_store() -> AnswerStore:
-    """The finished answers in ComfyUI's user folder, as a system user's: never served over ComfyUI's HTTP API."""
-    user_folder = folder_paths.get_user_directory()
-    if _stores.get(user_folder) is None:
-        _stores[user_folder] = AnswerStore(os.path.join(user_folder, ANSWERS_FOLDER))
-    return _stores[user_folder]
-
-
-_stores: dict[str, AnswerStore] = {}
 
 
 async def _resumed(answer: Answer, channel: ItemChannel, chat: Conversation) -> io.NodeOutput:
@@ -422,23 +398,6 @@ async def _in_list(channel: ItemChannel) -> bool:
     if channel.run.count == 1 and channel.index == 0:
         await asyncio.sleep(LIST_SETTLE_SECONDS)
     return channel.run.count > 1
-
-
-async def _unload(request: ChatRequest, model: str, channel: ItemChannel) -> None:
-    """Hand LM Studio's VRAM back; the answer stands whatever happens here."""
-    channel.send("status", f"Unloading {model}")
-    try:
-        confirmed = await unload_model(request, model, confirm_seconds=UNLOAD_CONFIRM_SECONDS)
-    except LMStudioError as exc:
-        log.warning("LM Studio Chat: unloading %s failed: %s", model, exc)
-        channel.send("error", f"The answer is complete, but unloading the model failed: {exc}")
-        return
-    if confirmed:
-        channel.send("status", f"Unloaded {model}")
-    else:
-        seconds = UNLOAD_CONFIRM_SECONDS
-        log.warning("LM Studio Chat: %s was still loaded %.0f s after the unload request", model, seconds)
-        channel.send("status", f"Asked LM Studio to unload {model}; not confirmed within {seconds:.0f} s")
 
 
 async def _output(
@@ -500,7 +459,7 @@ async def models_route(request: web.Request) -> web.Response:
 
 class LMStudioExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField]
+        return [LMStudioStreamChat, LMStudioCaptionFolder, LMStudioChatOptions, LMStudioJSONField]
 
 
 async def comfy_entrypoint() -> LMStudioExtension:

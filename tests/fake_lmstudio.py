@@ -11,7 +11,9 @@ Formats follow shared/reference/lmstudio-facts.md sections 1 to 3 and LM Studio'
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -135,6 +137,8 @@ class FakeLMStudio:
     peak_queued_inside: int = 0
     fail_prompts: dict[str, int] = field(default_factory=dict)  # prompt -> times to answer HTTP 500 first
     echo: bool = False  # answer "Answer to <prompt>" in every dialect, so each answer can be paired with its prompt
+    # Answer "An image of W x H" (the last image's size) in every dialect, so each answer can be paired with its image.
+    describe_images: bool = False
     answers: dict[str, str] = field(default_factory=dict)  # prompt -> the answer to give it (OpenAI-compatible)
     delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
     held: int | None = None  # predictions beyond this many wait in silence until `held` is set back to None
@@ -225,6 +229,8 @@ class FakeLMStudio:
         events = self.rest_events
         if self.echo:
             events = rest_script(reasoning=[], text=["Answer to ", prompt_of(body)])
+        if self.describe_images:
+            events = rest_script(reasoning=[], text=["An image of ", size_text(images_of(body))])
         if body.get("store", True):  # LM Studio's default is to store, with a `response_id` to continue from
             response_id = f"resp_{len(self.stored) + 1:048x}"
             self.stored.add(response_id)
@@ -245,6 +251,8 @@ class FakeLMStudio:
         prompt = prompt_of(self.requests[-1].body)
         if self.echo:
             chunks = openai_script(["Answer to ", prompt])
+        if self.describe_images:
+            chunks = openai_script(["An image of ", size_text(images_of(self.requests[-1].body))])
         if prompt in self.answers:
             chunks = openai_script([self.answers[prompt]])
         return await self._stream(request, [self._frame(chunk) for chunk in chunks])
@@ -335,6 +343,29 @@ async def serve(fake: FakeLMStudio) -> web.AppRunner:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     fake.url = f"http://127.0.0.1:{port}"
     return runner
+
+
+def images_of(body: Any) -> list[bytes]:
+    """The image bytes a native REST or OpenAI-compatible chat body carries, in order."""
+    if not isinstance(body, dict):
+        return []
+    if isinstance(body.get("input"), list):
+        urls = [item.get("data_url", "") for item in body["input"] if item.get("type") == "image"]
+    else:
+        content = (body.get("messages") or [{}])[-1].get("content", "")
+        urls = [p["image_url"]["url"] for p in content if isinstance(p, dict) and p.get("type") == "image_url"] \
+            if isinstance(content, list) else []
+    return [base64.b64decode(url.split(",", 1)[1]) for url in urls if "," in url]
+
+
+def size_text(images: list[bytes]) -> str:
+    """'W x H' of the last image, or 'no image'."""
+    if not images:
+        return "no image"
+    from PIL import Image
+
+    with Image.open(io.BytesIO(images[-1])) as image:
+        return f"{image.width} x {image.height}"
 
 
 def prompt_of(body: Any) -> str:
@@ -569,6 +600,12 @@ class FakeSDK:
                                 "error": sdk_error("Engine protocol predict request returned 500: crash")})
             return
         fragments = [sdk_fragment("Answer to "), sdk_fragment(prompt)] if self.owner.echo else self.fragments
+        if self.owner.describe_images:
+            uploads = {f"file-{n}": u["parameter"]["contentBase64"]
+                       for n, u in enumerate(self.sent("rpcCall", "uploadFileBase64"), 1)}
+            files = [p.get("identifier") for p in messages[-1].get("content", []) if p.get("type") == "file"]
+            images = [base64.b64decode(uploads[f]) for f in files if f in uploads]
+            fragments = [sdk_fragment("An image of "), sdk_fragment(size_text(images))]
         async with self.slot():
             await asyncio.sleep(self.owner.delay_for.get(prompt, 0.0))
             await self._generate(ws, channel, send, cancel, fragments)

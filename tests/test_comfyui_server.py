@@ -20,7 +20,7 @@ from PIL import Image
 import real_comfyui
 from fake_lmstudio import MODEL, openai_script, rest_script
 from lmstudio_pack.answer_store import FILE_NAME
-from lmstudio_pack.node import ANSWERS_FOLDER
+from lmstudio_pack.node_parts import ANSWERS_FOLDER
 from lmstudio_pack.options_node import ChatOptions
 from procs import process_alive, read_proc
 

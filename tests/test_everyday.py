@@ -11,7 +11,7 @@ from server import PromptServer
 
 from chat_node_helpers import events, run
 from fake_lmstudio import MODEL, native_model, openai_script, stack_fields
-from lmstudio_pack import node as node_module
+from lmstudio_pack import node_parts
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, LMStudioError
 from lmstudio_pack.client import list_models, stream_chat, unload_model
 from lmstudio_pack.node import LMStudioStreamChat
@@ -97,7 +97,7 @@ async def test_sdk_unload_after_run(lmstudio, comfy):
 
 
 async def test_unload_not_confirmed_in_time(lmstudio, comfy, monkeypatch):
-    monkeypatch.setattr(node_module, "UNLOAD_CONFIRM_SECONDS", 0.4)
+    monkeypatch.setattr(node_parts, "UNLOAD_CONFIRM_SECONDS", 0.4)
     lmstudio.unload_delay = 5
     started = time.monotonic()
     text = (await run(lmstudio.url, "REST API", after_run="unload")).args[0]

@@ -7,14 +7,20 @@ from pathlib import Path
 
 import pytest
 
+from lmstudio_pack.caption_folder_node import LMStudioCaptionFolder
 from lmstudio_pack.json_field_node import LMStudioJSONField
 from lmstudio_pack.node import LMStudioStreamChat
 from lmstudio_pack.options_node import LMStudioChatOptions
 from lmstudio_pack.structured import parse_schema
 
-OURS = {node.GET_SCHEMA().node_id: node for node in (LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField)}
+OURS = {node.GET_SCHEMA().node_id: node
+        for node in (LMStudioStreamChat, LMStudioCaptionFolder, LMStudioChatOptions, LMStudioJSONField)}
 
 EXAMPLES = sorted((Path(__file__).resolve().parent.parent / "example_workflows").glob("*.json"))
+
+
+def example(name: str) -> dict:
+    return json.loads(next(p for p in EXAMPLES if p.name == name).read_text())
 
 # Core nodes the examples use, as ComfyUI's nodes.py defines them: linkable inputs, outputs, widget count
 # (KSampler's seed brings a control_after_generate value).
@@ -49,14 +55,15 @@ def our_layout(node_class=LMStudioStreamChat):
 
 
 def test_the_examples():
-    assert [p.name for p in EXAMPLES] == ["caption_an_image.json", "caption_dataset_for_lora.json",
+    assert [p.name for p in EXAMPLES] == ["caption_a_folder_from_disk.json", "caption_an_image.json",
+                                          "caption_dataset_for_lora.json",
                                           "describe_then_prompt_in_three_turns.json", "generate_then_caption.json",
                                           "image_to_prompt_parts_json.json", "refine_prompt_for_sdxl.json",
                                           "sdxl_batch_captions.json"]
 
 
 def test_the_json_example_reads_three_fields_of_a_schema_into_clip():
-    workflow = json.loads((EXAMPLES[4]).read_text())
+    workflow = example("image_to_prompt_parts_json.json")
     nodes = {n["id"]: n for n in workflow["nodes"]}
     options = next(n for n in nodes.values() if n["type"] == "LMStudioChatOptions")["widgets_values"]
     names = [i.id for i in LMStudioChatOptions.GET_SCHEMA().inputs]
@@ -72,15 +79,22 @@ def test_the_json_example_reads_three_fields_of_a_schema_into_clip():
 
 
 def test_the_chat_example_chains_three_turns():
-    workflow = json.loads((EXAMPLES[2]).read_text())
+    workflow = example("describe_then_prompt_in_three_turns.json")
     chats = [n for n in workflow["nodes"] if n["type"] == "LMStudioStreamChat"]
     chained = [(src, dst) for _, src, slot, dst, _, kind in workflow["links"] if kind == "LMSTUDIO_CONVERSATION"]
     assert len(chats) == 3 and chained == [(chats[0]["id"], chats[1]["id"]), (chats[1]["id"], chats[2]["id"])]
 
 
+def test_the_folder_example_previews_the_report():
+    workflow = example("caption_a_folder_from_disk.json")
+    types = {n["id"]: n["type"] for n in workflow["nodes"]}
+    assert [(types[src], slot, types[dst]) for _, src, slot, dst, _, _ in workflow["links"]] == [
+        ("LMStudioCaptionFolder", 0, "PreviewAny")]
+
+
 def test_list_examples_caption_every_image():
     """The dataset example saves one caption per image; the batch example rebatches SDXL's 4 renders into a list."""
-    dataset = json.loads((EXAMPLES[1]).read_text())
+    dataset = example("caption_dataset_for_lora.json")
     types = {n["id"]: n["type"] for n in dataset["nodes"]}
     chains = {(types[src], types[dst], link_type) for _, src, _, dst, _, link_type in dataset["links"]}
     assert ("LoadImageDataSetFromFolder", "LMStudioStreamChat", "IMAGE") in chains
@@ -90,7 +104,7 @@ def test_list_examples_caption_every_image():
     options = next(n for n in dataset["nodes"] if n["type"] == "LMStudioChatOptions")["widgets_values"]
     names = [i.id for i in LMStudioChatOptions.GET_SCHEMA().inputs]
     assert options[names.index("on_error")] == "raise" and options[names.index("resume")] is True
-    batch = json.loads((EXAMPLES[6]).read_text())
+    batch = example("sdxl_batch_captions.json")
     by_type = {n["type"]: n for n in batch["nodes"]}
     assert by_type["EmptyLatentImage"]["widgets_values"][2] == 4 and by_type["RebatchImages"]["widgets_values"] == [1]
 
@@ -107,7 +121,7 @@ def test_example_is_a_consistent_workflow(path):
         assert nodes[dst]["inputs"][dst_slot]["link"] == link_id
         assert nodes[src]["outputs"][slot]["type"] == link_type
         assert nodes[dst]["inputs"][dst_slot]["type"] in (link_type, "*")  # "*": an input of any type
-    assert any(n["type"] == "LMStudioStreamChat" for n in nodes.values())
+    assert any(n["type"] in ("LMStudioStreamChat", "LMStudioCaptionFolder") for n in nodes.values())
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -1,8 +1,9 @@
 """The pack's layout, from its modules' own import statements: no cycles, and data flows one way.
 
-    node.py / options_node.py / json_field_node.py / cli.py -> list_item.py -> client.py -> rest_backend /
-      openai_backend / sdk_process -> http_common, sdk_runtime, relay, answer_store, slots -> utils, sse, limiter,
-      backoff, list_run, structured, sdk_wire -> chat -> conversation
+    node.py -> caption_folder_node.py -> node_parts.py / options_node.py / json_field_node.py / cli.py ->
+      list_item.py -> client.py -> rest_backend / openai_backend / sdk_process -> http_common, sdk_runtime, relay,
+      answer_store, slots, folder_images -> utils, sse, limiter, backoff, list_run, structured, sdk_wire -> chat ->
+      conversation
     and in the SDK worker process: sdk_worker -> sdk_backend -> sdk_runtime, sdk_wire ...
 """
 
@@ -19,13 +20,15 @@ LAYERS = {
     "chat": 1,
     "utils": 2, "sse": 2, "limiter": 2, "backoff": 2, "list_run": 2, "structured": 2, "prompt_graph": 2,
     "sdk_wire": 2,
-    "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3, "slots": 3,
+    "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3, "slots": 3, "folder_images": 3,
     "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4, "sdk_process": 4,
     "client": 5, "sdk_worker": 5,
     "options_node": 6,
     "json_field_node": 7, "list_item": 7,
-    "node": 8, "cli": 8,
-    "__init__": 9,
+    "node_parts": 8, "cli": 8,
+    "caption_folder_node": 9,
+    "node": 10,
+    "__init__": 11,
 }
 COMFY = ("comfy", "comfy_api", "comfy_execution", "server", "nodes", "execution", "folder_paths")
 
@@ -83,7 +86,8 @@ def test_no_import_cycle():
 
 def test_only_the_node_modules_import_comfyui():
     for name in MODULES:
-        if name not in ("node", "list_item", "options_node", "json_field_node", "__init__"):
+        if name not in ("node", "caption_folder_node", "node_parts", "list_item", "options_node", "json_field_node",
+                        "__init__"):
             assert not absolute_imports(name) & set(COMFY), name
 
 

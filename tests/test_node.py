@@ -14,6 +14,7 @@ import torch
 import lmstudio_pack
 from chat_node_helpers import DELTA_TYPES, NODE_ID, events, joined, node, run
 from fake_lmstudio import MODEL, openai_script, rest_script
+from lmstudio_pack.caption_folder_node import LMStudioCaptionFolder
 from lmstudio_pack.json_field_node import LMStudioJSONField
 from lmstudio_pack.node import CONVERSATION_TYPE, LMStudioStreamChat
 from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOptions
@@ -23,7 +24,8 @@ from lmstudio_pack.options_node import OPTIONS_TYPE, ChatOptions, LMStudioChatOp
 
 async def test_extension_lists_the_node_and_exports_no_v1_mappings():
     extension = await lmstudio_pack.comfy_entrypoint()
-    assert await extension.get_node_list() == [LMStudioStreamChat, LMStudioChatOptions, LMStudioJSONField]
+    assert await extension.get_node_list() == [LMStudioStreamChat, LMStudioCaptionFolder, LMStudioChatOptions,
+                                               LMStudioJSONField]
     assert lmstudio_pack.WEB_DIRECTORY == "./web"
     assert not hasattr(lmstudio_pack, "NODE_CLASS_MAPPINGS")
 

@@ -20,7 +20,7 @@ import torch
 from chat_node_helpers import Recorder, events, next_prompt, run, run_list
 from lmstudio_pack.answer_store import FILE_NAME, Answer, AnswerStore, request_key
 from lmstudio_pack.chat import ChatRequest, ConnectionMode, Stats
-from lmstudio_pack.node import ANSWERS_FOLDER
+from lmstudio_pack.node_parts import ANSWERS_FOLDER
 
 MODES = pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible", "SDK"])
 BASE = ChatRequest(prompt="Caption", server_url="http://127.0.0.1:1234", mode=ConnectionMode.SDK, model="m",

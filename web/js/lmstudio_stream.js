@@ -5,7 +5,7 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import {
-  NODE_CLASS,
+  VIEW_CLASSES,
   PICK_PROMPT,
   STREAM_EVENT,
   answerList,
@@ -372,7 +372,7 @@ function attachView(node) {
 
 /** What the frontend keeps of a chat node's last run, shown again in its new view. */
 function showOutput(node, output) {
-  const state = node?.comfyClass === NODE_CLASS && node.lmstudioStreamView ? stateFromExecuted(output) : null;
+  const state = VIEW_CLASSES.has(node?.comfyClass) && node.lmstudioStreamView ? stateFromExecuted(output) : null;
   if (state) node.lmstudioStreamView.replace(state);
 }
 
@@ -387,7 +387,7 @@ const HISTORY_RUNS = 64;
 async function showFromHistory() {
   const root = app.rootGraph ?? app.graph;
   const workflowId = root?.id;
-  const blank = (node) => node?.comfyClass === NODE_CLASS && node.lmstudioStreamView
+  const blank = (node) => VIEW_CLASSES.has(node?.comfyClass) && node.lmstudioStreamView
     && isBlank(node.lmstudioStreamView.state);
   const subgraphs = [...(root?.subgraphs?.values?.() ?? [])];
   if (!workflowId || ![root, ...subgraphs].some((graph) => graph.nodes?.some(blank))) return;
@@ -408,14 +408,14 @@ function onStreamUpdate(event) {
   const detail = event?.detail;
   if (!detail || typeof detail !== "object") return;
   const node = findNode(app.rootGraph ?? app.graph, detail.node_id);
-  if (node?.comfyClass !== NODE_CLASS || !node.lmstudioStreamView) return;
+  if (!VIEW_CLASSES.has(node?.comfyClass) || !node.lmstudioStreamView) return;
   node.lmstudioStreamView.update(detail.chunk_type, detail.content, detail.index, detail.count);
 }
 
 app.registerExtension({
   name: "LMStudio.StreamChat",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData?.name !== NODE_CLASS) return;
+    if (!VIEW_CLASSES.has(nodeData?.name)) return;
     const onNodeCreated = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = onNodeCreated?.apply(this, args);

@@ -3,6 +3,8 @@
 
 export const STREAM_EVENT = "lmstudio.stream.update";
 export const NODE_CLASS = "LMStudioStreamChat";
+// The nodes that carry the live view: the chat node, and the folder captioner (one list item per image).
+export const VIEW_CLASSES = new Set([NODE_CLASS, "LMStudioCaptionFolder"]);
 
 /** One list item's view: a single run is a list of one. */
 export function createItem() {

@@ -1,0 +1,147 @@
+"""The folder captioner's disk side: which images a folder holds, one image read as JPEG bytes, a caption written
+beside it. No ComfyUI imports.
+
+Only ever one image is in memory per item in flight, read when its turn comes, so a folder of any size costs the
+same memory. A caption is written atomically (a temporary file in the same folder, then linked or renamed into
+place): a crash never leaves half a caption, and an existing caption is never replaced unless asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageOps, ImageSequence, UnidentifiedImageError
+
+from .chat import LMStudioError
+from .utils import encode_pil
+
+DEFAULT_EXTENSIONS = "png, jpg, jpeg, webp, bmp, gif, tif, tiff"
+# Pillow's own guard against decompression bombs (a tiny file that decodes to gigabytes) stays on: an image over
+# this many pixels is skipped and named, not decoded. 16,384 x 16,384 holds any camera's photos.
+MAX_PIXELS = 16_384 * 16_384
+
+
+class SkippedImage(Exception):
+    """An image that cannot be captioned (truncated, not an image, too large); the others go on."""
+
+
+@dataclass(frozen=True)
+class FolderImage:
+    image: Path
+    caption: Path
+
+    def name(self, root: Path) -> str:
+        """The image's path as the report names it: relative to the folder captioned."""
+        return self.image.relative_to(root).as_posix()
+
+
+def resolve_folder(folder: str, input_directory: str) -> Path:
+    """An absolute folder, or one under ComfyUI's input directory; a clear error when it is not a folder."""
+    text = (folder or "").strip().strip('"')
+    if not text:
+        raise LMStudioError("No folder given: name a folder under ComfyUI's input directory or an absolute path.")
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else Path(input_directory) / path
+    if not path.is_dir():
+        where = "" if Path(text).is_absolute() else f" (looked under ComfyUI's input directory, {input_directory})"
+        raise LMStudioError(f"Folder not found: {path}{where}.")
+    return path.resolve()
+
+
+def parse_extensions(text: str) -> frozenset[str]:
+    """'png, .JPG jpeg' -> {'.png', '.jpg', '.jpeg'}."""
+    parts = text.replace(",", " ").replace(";", " ").split()
+    return frozenset("." + part.lower().lstrip(".") for part in parts if part.strip("."))
+
+
+def caption_suffix(text: str) -> str:
+    """'txt' or '.txt' -> '.txt'; an empty or path-like extension is refused."""
+    suffix = "." + (text or "").strip().lstrip(".")
+    if suffix == "." or any(char in suffix for char in "/\\:") or suffix in (".", ".."):
+        raise LMStudioError(f"Not a caption extension: {text!r}. Use one like txt or caption.")
+    return suffix.lower()
+
+
+def find_images(root: Path, extensions: frozenset[str], caption: str, *, recursive: bool) -> list[FolderImage]:
+    """The folder's images with these extensions, in a stable (sorted) order, each with its caption's path.
+
+    Hidden files and folders (a leading dot) are left out, as are symbolic links that lead out of the folder.
+    """
+    found: list[FolderImage] = []
+    for directory, folders, files in os.walk(root):
+        folders[:] = sorted(f for f in folders if not f.startswith(".")) if recursive else []
+        for name in sorted(files):
+            path = Path(directory) / name
+            if name.startswith(".") or path.suffix.lower() not in extensions or path.suffix.lower() == caption:
+                continue
+            if path.is_symlink() and root not in path.resolve().parents:
+                continue
+            found.append(FolderImage(path, path.with_suffix(caption)))
+    return found
+
+
+def read_jpeg(path: Path, *, max_side: int, quality: int) -> tuple[bytes, str]:
+    """One image file as JPEG bytes, upright (EXIF orientation applied), shrunk to `max_side`; and a note on what was
+    done to it beyond that ('' when nothing). Raises `SkippedImage` with the reason for a file that cannot be read."""
+    try:
+        with Image.open(path) as opened:
+            if opened.width * opened.height > MAX_PIXELS:
+                raise SkippedImage(f"too large ({opened.width} x {opened.height} pixels; at most {MAX_PIXELS:,})")
+            frames = getattr(opened, "n_frames", 1)
+            image = next(iter(ImageSequence.Iterator(opened))) if frames > 1 else opened
+            note = f"first of {frames} frames" if frames > 1 else ""
+            # draft: a JPEG decodes at a fraction of its size when that is still larger than max_side (much faster).
+            if max_side > 0 and image.format == "JPEG":
+                image.draft("RGB", (max_side, max_side))
+            image = ImageOps.exif_transpose(_eight_bit(image))
+            return encode_pil(image, max_side=max_side, quality=quality), note
+    except SkippedImage:
+        raise
+    except UnidentifiedImageError:
+        raise SkippedImage("not an image Pillow can read") from None
+    except Image.DecompressionBombError as exc:
+        raise SkippedImage(f"too large ({exc})") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt data, an unreadable file
+        raise SkippedImage(f"unreadable ({exc})") from None
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """Modes JPEG cannot hold, made RGB: 16- and 32-bit greyscale scaled down (not clipped), CMYK and palettes
+    converted. Transparency stays for `encode_pil` to composite onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        image = image.point(lambda value: value / 256).convert("L")
+    elif image.mode == "F":
+        image = image.convert("L")
+    if image.mode in ("RGB", "RGBA", "L", "LA"):
+        return image
+    return image.convert("RGBA" if "A" in image.mode or "transparency" in image.info else "RGB")
+
+
+def write_caption(path: Path, text: str, *, overwrite: bool) -> bool:
+    """Write `text` to `path` atomically; False (nothing written) when a caption is there and `overwrite` is off."""
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        if overwrite:
+            os.replace(temporary, path)
+            return True
+        try:
+            os.link(temporary, path)  # fails if a caption appeared meanwhile: never replaced unasked
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links (FAT, some network shares)
+            if path.exists():
+                return False
+            os.replace(temporary, path)
+            return True
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
