@@ -32,7 +32,7 @@ from .folder_images import (
     caption_suffix,
     find_images,
     parse_extensions,
-    read_jpeg,
+    read_image,
     resolve_folder,
     write_caption,
 )
@@ -57,8 +57,9 @@ log = logging.getLogger("lmstudio_stream")
 
 DEFAULT_PROMPT = ("Write a caption for this image for training an image model: one paragraph that says what is in "
                   "the picture, its setting, composition, lighting and style. Plain text, no preamble.")
-# Images read ahead of the server: enough to keep every slot busy while the next ones are read, few enough that
-# memory stays flat (each is a JPEG of at most max_image_side, a few hundred kB).
+# Images read ahead of the server (at least this many, or twice its slots): enough to keep every slot busy while the
+# next ones are read, few enough that memory stays flat (each is at most max_image_side: a JPEG of a few hundred kB,
+# or a PNG sent as it is of a few MB).
 READ_AHEAD_MIN = 16
 
 
@@ -227,8 +228,7 @@ async def _caption_all(todo: list[FolderImage], base: ChatRequest, options: Chat
         if run.stopped.is_set():
             break
         in_flight.add(asyncio.create_task(_caption_one(index, image, base, options, overwrite, node_id, run, done)))
-    # Every failure was recorded by its image (`_caption_one`): what the tasks raise only ends them.
-    await asyncio.gather(*in_flight, return_exceptions=True)
+    await asyncio.gather(*in_flight)  # every image records its own failure (`_caption_one`) and raises none
     if prompt_state().interrupted:
         raise model_management.InterruptProcessingException()
 
@@ -247,11 +247,11 @@ async def _caption_one(index: int, image: FolderImage, base: ChatRequest, option
     name = image.name(done.root)
     channel.send("status", name)
     try:
-        jpeg, note = await asyncio.to_thread(read_jpeg, image.image, max_side=options.max_image_side,
+        data, note = await asyncio.to_thread(read_image, image.image, max_side=options.max_image_side,
                                              quality=options.jpeg_quality)
         if note:
             done.notes.append((name, note))
-        request = dataclasses.replace(base, images=(jpeg,))
+        request = dataclasses.replace(base, images=(data,))
         if index == 0:
             for sentence in unsent_settings(request):
                 channel.notice(sentence, sentence)
@@ -261,12 +261,10 @@ async def _caption_one(index: int, image: FolderImage, base: ChatRequest, option
         done.skipped.append((name, str(exc)))
         log.warning("LM Studio Caption Folder (node %s): skipped %s: %s", node_id, name, exc)
         return _finish(channel, FAILED, error=f"{name}: skipped, {exc}", done=done)
-    except model_management.InterruptProcessingException:
-        _finish(channel, CANCELLED, status="Cancelled")
-        raise
+    except model_management.InterruptProcessingException:  # seen by the whole prompt (`prompt_state`)
+        return _finish(channel, CANCELLED, status="Cancelled")
     except Aborted:
-        _finish(channel, CANCELLED, status="Stopped: another image failed")
-        raise
+        return _finish(channel, CANCELLED, status="Stopped: another image failed")
     except Exception as exc:  # this image fails, explained; the error policy says whether the others go on
         message = str(exc) if isinstance(exc, LMStudioError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, LMStudioError):
@@ -277,7 +275,8 @@ async def _caption_one(index: int, image: FolderImage, base: ChatRequest, option
         _finish(channel, FAILED, error=f"{name}: {message}", done=done)
         if options.on_error == ON_ERROR_RAISE or isinstance(exc, _Unwritable):
             run.abort(f"{name}: {message}")
-        raise
+        # Recorded, not raised: an exception kept by its task would keep its frames, the image's bytes among them.
+        return None
     done.resumed += resumed
     if written:
         done.captioned.append(name)

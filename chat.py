@@ -31,7 +31,8 @@ class ConnectionMode(str, Enum):
 
 @dataclass(frozen=True)
 class ChatRequest:
-    """What to ask, of which server and model. `images` are JPEG bytes (see `utils.encode_images`)."""
+    """What to ask, of which server and model. `images` are JPEG bytes (see `utils.encode_images`), or a folder's
+    JPEG or PNG file as it is on disk (`folder_images.read_image`)."""
 
     prompt: str
     server_url: str = DEFAULT_SERVER_URL
@@ -67,7 +68,7 @@ class ChatRequest:
             "model": self.model or "(loaded model)",
             "prompt_chars": len(self.prompt),
             "system_prompt_chars": len(self.system_prompt),
-            "images": [f"{len(jpeg)} bytes JPEG" for jpeg in self.images],
+            "images": [f"{len(data)} bytes of image" for data in self.images],
             "temperature": self.temperature,
             "max_tokens": self.max_tokens,
             "reasoning": self.reasoning,

@@ -58,7 +58,7 @@ from .chat import (
     stream_dropped,
 )
 from .sdk_runtime import RUNTIME, ClientKey, Handoff, KeptClient
-from .utils import normalize_server_url, sdk_api_host
+from .utils import image_type, normalize_server_url, sdk_api_host
 
 log = logging.getLogger("lmstudio_stream")
 
@@ -337,9 +337,9 @@ def sdk_prediction_config(request: ChatRequest) -> dict[str, Any]:
 
 
 async def _upload(client: Any, images: tuple[bytes, ...]) -> list[Any]:
-    """The SDK's file handles for JPEG bytes (a handle belongs to the connection, so each run uploads its own)."""
-    return [await client.files.prepare_image(jpeg, name=f"comfyui-image-{index}.jpg")
-            for index, jpeg in enumerate(images)]
+    """The SDK's file handles for image bytes (a handle belongs to the connection, so each run uploads its own)."""
+    return [await client.files.prepare_image(data, name=f"comfyui-image-{index}{image_type(data)[1]}")
+            for index, data in enumerate(images)]
 
 
 def _explain(

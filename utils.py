@@ -110,5 +110,13 @@ def encode_images(
     return [encode_jpeg(images[i], max_side=max_side, quality=quality) for i in range(count)]
 
 
-def jpeg_data_uri(jpeg: bytes) -> str:
-    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+def image_type(data: bytes) -> tuple[str, str]:
+    """(MIME type, file suffix) of image bytes: PNG by its signature (a folder's PNG that needs no change is sent as
+    it is on disk), JPEG otherwise (what the pack encodes)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png", ".png"
+    return "image/jpeg", ".jpg"
+
+
+def image_data_uri(data: bytes) -> str:
+    return f"data:{image_type(data)[0]};base64," + base64.b64encode(data).decode("ascii")

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import math
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from PIL import Image
@@ -83,13 +85,23 @@ async def measure(server: real_comfyui.ComfyServer, prompt: dict) -> tuple[float
     return elapsed, after - before
 
 
-async def main(version: str, count: int, parallel: int, caption: float) -> None:
+@contextlib.contextmanager
+def comfyui_and_stand_in(version: str, parallel: int, caption: float) -> Iterator[tuple[real_comfyui.ComfyServer, str]]:
+    """A real ComfyUI server, and the LM Studio stand-in in a process of its own (`parallel` slots, `caption`
+    seconds a caption, echoing the prompt); (the server, the stand-in's URL). Both stopped afterwards."""
     stand_in = subprocess.Popen(
         [sys.executable, str(Path(__file__).with_name("_fake_process.py")), "0", "--echo", "--parallel",
          str(parallel), "--delay", str(caption)], stdout=subprocess.PIPE, text=True)
     server = real_comfyui.ComfyServer(version).start()
     try:
-        url = stand_in.stdout.readline().strip()  # type: ignore[union-attr]
+        yield server, stand_in.stdout.readline().strip()  # type: ignore[union-attr]
+    finally:
+        server.stop()
+        stand_in.kill()
+
+
+async def main(version: str, count: int, parallel: int, caption: float) -> None:
+    with comfyui_and_stand_in(version, parallel, caption) as (server, url):
         folder, small = "bench_dataset", "bench_dataset_warm_up"
         for name, images in ((folder, count), (small, parallel * 2)):
             target = server.input_dir / name
@@ -110,16 +122,18 @@ async def main(version: str, count: int, parallel: int, caption: float) -> None:
             elapsed, cpu = await measure(server, prompt_for(server, folder, url, mode, next(seeds)))
             print(f"{mode:<18} {elapsed:>7.1f}s {elapsed / ideal:>6.2f} {elapsed / (ideal + base_elapsed):>7.2f} "
                   f"{cpu / count * 1000:>7.1f}ms {(cpu - base_cpu) / count * 1000:>8.1f}ms")
-    finally:
-        server.stop()
-        stand_in.kill()
+
+
+def arguments(doc: str, count: int) -> argparse.ArgumentParser:
+    """A real-ComfyUI bench's command line: the ComfyUI version, how many images, the stand-in's slots and time."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("version", choices=["0.8.0", "0.33.0"])
+    parser.add_argument("--count", type=int, default=count)
+    parser.add_argument("--parallel", type=int, default=8)
+    parser.add_argument("--caption", type=float, default=0.23)
+    return parser
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("version", choices=["0.8.0", "0.33.0"])
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--parallel", type=int, default=8)
-    parser.add_argument("--caption", type=float, default=0.23)
-    args = parser.parse_args()
+    args = arguments(__doc__, 1000).parse_args()
     asyncio.run(main(args.version, args.count, args.parallel, args.caption))

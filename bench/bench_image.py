@@ -36,7 +36,7 @@ def bare(images: torch.Tensor) -> str:
 
 
 def ours(images: torch.Tensor) -> str:
-    return utils.jpeg_data_uri(utils.encode_images(images)[0])
+    return utils.image_data_uri(utils.encode_images(images)[0])
 
 
 def median_seconds(fn, images, rounds: int) -> float:

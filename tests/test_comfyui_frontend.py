@@ -310,6 +310,33 @@ async def test_a_list_run_shows_every_answer(ui, lmstudio):
     await keep_picture(ui, "list")
 
 
+async def test_the_folder_captioner_shows_each_image_and_the_report(ui, lmstudio):
+    lmstudio.describe_images = True
+    folder = ui.server.input_dir / f"folder_{ui.label}"
+    folder.mkdir(exist_ok=True)
+    for index in range(3):
+        Image.new("RGB", (20 + index, 30), (60 * index, 90, 120)).save(folder / f"img_{index}.png")
+    shown = await ui.evaluate(f"""(async () => {{
+        window.__node = await T.add("LMStudioCaptionFolder", [100, 60]);
+        const values = [["folder", {json.dumps(folder.name)}], ["server_url", {json.dumps(lmstudio.url)}],
+                        ["model_id", {json.dumps(MODEL)}], ["connection_mode", "REST API"]];
+        for (const [name, value] of values) T.set(__node, name, value);
+        await T.frames(4);
+        app.queuePrompt(0, 1);
+        await T.until(() => T.view(__node).querySelectorAll(".lms-entry").length === 3
+                            && T.text(__node, ".lms-notice").startsWith("Captioned 3 of 3"));
+        await T.frames(2);
+        return {{entries: [...T.view(__node).querySelectorAll(".lms-entry")].map((e) => e.textContent),
+                 notice: T.text(__node, ".lms-notice"), parts: T.parts(__node),
+                 widgets: __node.widgets.map((w) => w.name)}};
+    }})()""")
+    assert shown["entries"] == [f"#{i + 1}An image of {20 + i} x 30" for i in range(3)], shown
+    assert shown["widgets"][-1] == "lmstudio_stream" and "pick model" in shown["widgets"], shown
+    assert not overlaps(shown["parts"]), shown["parts"]
+    assert [(folder / f"img_{i}.txt").read_text() for i in range(3)] == [f"An image of {20 + i} x 30" for i in range(3)]
+    await keep_picture(ui, "folder")
+
+
 async def test_a_cancelled_list_queued_again_shows_the_resumed_answers_and_the_rest(ui, lmstudio):
     """Resumed items finish at once, before later items start: the view must keep them, not start over."""
     lmstudio.echo = True

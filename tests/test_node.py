@@ -231,7 +231,7 @@ async def test_debug_mode_logs_a_summary_without_image_or_secret(lmstudio, comfy
     caplog.set_level(logging.INFO, logger="lmstudio_stream")
     await run(lmstudio.url, debug_mode=True, image=torch.rand(1, 32, 32, 3))
     logged = caplog.text
-    assert "LM Studio request from node 7" in logged and "bytes JPEG" in logged
+    assert "LM Studio request from node 7" in logged and "bytes of image" in logged
     assert "secret12" not in logged and "base64" not in logged and "/9j/" not in logged
     assert lmstudio.chat_requests()[0].headers["Authorization"] == "Bearer sk-lm-secret12:abcdefghijklmnopqrst"
 

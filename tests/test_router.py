@@ -15,7 +15,7 @@ import pytest
 import torch
 from aiohttp import web
 
-from chat_node_helpers import events, run, run_list
+from chat_node_helpers import NODE_ID, events, run, run_list
 from fake_lmstudio import MODEL, FakeLMStudio, openai_script
 from router_proxy import MASTER_KEY, MODEL_NAME, LiteLLMProxy, free_port, litellm_binary
 
@@ -149,3 +149,21 @@ async def test_the_key_comes_from_the_environment_and_goes_to_the_proxy_only(pro
     monkeypatch.setenv("LMSTUDIO_API_TOKEN", "sk-not-the-master-key")
     output = await run(proxy.url, OPENAI, model_id=MODEL_NAME, seed=8)
     assert output.args[0].startswith(f"Error: The server at {proxy.url} requires an API token: it refused the key sent")
+
+
+async def test_a_folder_captioned_through_the_proxy_loses_no_caption(proxy, servers, comfy, user_folder, tmp_path):
+    """LM Studio Caption Folder behind the proxy, more at once than it holds: every image gets its caption."""
+    from PIL import Image
+
+    from lmstudio_pack.caption_folder_node import LMStudioCaptionFolder
+    from lmstudio_pack.options_node import ChatOptions
+
+    for index in range(40):
+        Image.new("RGB", (16 + index, 16), (index, 90, 120)).save(tmp_path / f"{index:02d}.png")
+    node = LMStudioCaptionFolder.PREPARE_CLASS_CLONE({"hidden_inputs": {"UNIQUE_ID": NODE_ID}})
+    report, captioned, _ = (await node.execute(
+        folder=str(tmp_path), prompt="Describe", model_id=MODEL_NAME, connection_mode=OPENAI, server_url=proxy.url,
+        temperature=0.3, max_tokens=-1, options=ChatOptions(max_parallel=16))).result
+    assert captioned == 40 and "Failed" not in report, report
+    assert [p.read_text() for p in sorted(tmp_path.glob("*.txt"))] == ["Answer to Describe"] * 40
+    assert any(" is busy (HTTP 429 from " in c for k, c in events() if k == "status"), "the proxy never pushed back"

@@ -15,7 +15,7 @@ from lmstudio_pack.utils import (
     MAX_BATCH_IMAGES,
     encode_images,
     encode_jpeg,
-    jpeg_data_uri,
+    image_data_uri,
     normalize_server_url,
     sdk_api_host,
 )
@@ -134,11 +134,14 @@ def test_quality_changes_size():
     assert len(encode_jpeg(image, quality=20)) < len(encode_jpeg(image, quality=95))
 
 
-def test_data_uri_round_trips():
+def test_data_uri_round_trips_and_names_the_type():
     jpeg = encode_images(solid((0.1, 0.2, 0.3)))[0]
-    uri = jpeg_data_uri(jpeg)
+    uri = image_data_uri(jpeg)
     assert uri.startswith("data:image/jpeg;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == jpeg
+    buffer = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(buffer, format="PNG")
+    assert image_data_uri(buffer.getvalue()).startswith("data:image/png;base64,")
 
 
 @pytest.mark.parametrize(
