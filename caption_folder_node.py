@@ -38,7 +38,7 @@ from .folder_images import (
 )
 from .list_item import Aborted, ItemChannel, stream_item
 from .list_run import CANCELLED, DONE, FAILED, ListRun, duration, prompt_state
-from .node_parts import answer_store, free_comfy_vram, unload_after_run
+from .node_parts import answer_store, apply_preset, free_comfy_vram, preset_input, unload_after_run
 from .options_node import (
     CATEGORY,
     ON_ERROR_RAISE,
@@ -49,6 +49,7 @@ from .options_node import (
     newer_schema_fields,
     request_settings,
 )
+from .presets import NO_PRESET
 from .relay import StreamRelay
 from .slots import pool_for
 from .utils import normalize_server_url
@@ -139,6 +140,7 @@ class LMStudioCaptionFolder(io.ComfyNode):
                 io.Custom(OPTIONS_TYPE).Input("options", optional=True, tooltip="Settings from an LM Studio Chat "
                                               "Options node (image size, sampling, structured output, concurrency, "
                                               "error policy). Unconnected: the defaults."),
+                preset_input(),  # added later: last, as a saved workflow holds the widgets' values by position
             ],
             outputs=[
                 io.String.Output("report", display_name="report", tooltip="Counts, skipped files and why, time, "
@@ -149,6 +151,10 @@ class LMStudioCaptionFolder(io.ComfyNode):
             hidden=[io.Hidden.unique_id],
             is_output_node=True,
         )
+
+    @classmethod
+    def validate_inputs(cls, preset: str = NO_PRESET) -> bool:
+        return True  # a preset gone since the workflow was saved is named in the report (as on LM Studio Chat)
 
     @classmethod
     def fingerprint_inputs(cls, **kwargs) -> float:
@@ -172,8 +178,11 @@ class LMStudioCaptionFolder(io.ComfyNode):
         caption_extension: str = "txt",
         overwrite: bool = False,
         options: ChatOptions | None = None,
+        preset: str = NO_PRESET,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
+        mode = ConnectionMode(connection_mode)
+        prompt, system_prompt, options, preset_notices = apply_preset(preset, prompt, system_prompt, options, mode)
         # Everything that can be wrong with the inputs is said before anything is sent.
         root = resolve_folder(folder, folder_paths.get_input_directory())
         suffix = caption_suffix(caption_extension)
@@ -183,13 +192,14 @@ class LMStudioCaptionFolder(io.ComfyNode):
             raise LMStudioError(f"No images in {root}: none of {where} holds a file ending in {extensions}.")
         todo = [image for image in images if overwrite or not image.caption.exists()]
         base = ChatRequest(
-            prompt=prompt, server_url=server_url, mode=ConnectionMode(connection_mode), model=model_id.strip(),
+            prompt=prompt, server_url=server_url, mode=mode, model=model_id.strip(),
             system_prompt=system_prompt, temperature=temperature, max_tokens=max_tokens, reasoning=options.reasoning,
             ttl_seconds=options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
             api_token=api_token_from_env(), **request_settings(options),
         )
         node_id = str(cls.hidden.unique_id)
         done = FolderRun(root, len(images), len(images) - len(todo))
+        done.notes += [("preset", sentence) for sentence in preset_notices]
         run = ListRun()
         prompt_state().runs[node_id] = run
         run.count = len(todo)

@@ -94,7 +94,9 @@ _CARRIED_BY: dict[str, tuple[str, set[ConnectionMode]]] = {
     "stop": ("stop strings are", {ConnectionMode.SDK, ConnectionMode.OPENAI}),
     "draft_model": ("draft_model (speculative decoding) is", {ConnectionMode.SDK, ConnectionMode.OPENAI}),
     "context_length": ("context_length is", {ConnectionMode.SDK, ConnectionMode.REST}),
-    "reasoning": ("reasoning is", {ConnectionMode.REST}),
+    # The SDK (lmstudio 1.5) has no prediction-config key for it: LM Studio's own `llm.prediction.reasoning.*` keys
+    # are not in the SDK's config, which refuses or drops what it does not know.
+    "reasoning": ("reasoning is", {ConnectionMode.REST, ConnectionMode.OPENAI}),
 }
 
 
@@ -350,6 +352,31 @@ def no_structured_output() -> LMStudioError:
     return LMStudioError(
         "json_schema needs the SDK or OpenAI-compatible mode: LM Studio's native REST API (/api/v1/chat) has no "
         "structured output. Change connection_mode, or clear json_schema in LM Studio Chat Options."
+    )
+
+
+# How each mode's server says the answer stopped at max_tokens (OpenAI-compatible, SDK); the REST API says nothing,
+# so there its output tokens are compared with max_tokens.
+_AT_TOKEN_LIMIT = ("length", "maxPredictedTokensReached")
+
+
+def no_answer(answer: str, reasoned: bool, stats: Stats, max_tokens: int) -> LMStudioError | None:
+    """The error for a stream that reasoned and ended without an answer, which must never pass as an empty one (a
+    list would save an empty caption); None when there is an answer, or no reasoning either."""
+    if answer.strip() or not reasoned:
+        return None
+    limit = stats.stop_reason in _AT_TOKEN_LIMIT or (
+        max_tokens > 0 and stats.output_tokens is not None and stats.output_tokens >= max_tokens)
+    if limit:
+        return LMStudioError(
+            f"The model spent all of max_tokens ({max_tokens}) on reasoning and wrote no answer. Raise max_tokens "
+            "(-1 for no limit), or turn reasoning off or down in LM Studio Chat Options (REST API or "
+            "OpenAI-compatible mode); its reasoning is in reasoning_text."
+        )
+    return LMStudioError(
+        "The model reasoned but wrote no answer (its reasoning is in reasoning_text). Ask again, turn reasoning off "
+        "in LM Studio Chat Options, or, in OpenAI-compatible mode, check LM Studio's Developer setting 'separate "
+        "reasoning_content and content' (some LM Studio releases put the whole answer into the reasoning)."
     )
 
 

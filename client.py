@@ -18,8 +18,10 @@ from .chat import (
     ConnectionMode,
     Finished,
     ModelInfo,
+    ReasoningDelta,
     StreamEvent,
     TextDelta,
+    no_answer,
     no_structured_output,
 )
 from .http_common import list_models_http, parallel_slots_http, unload_http
@@ -32,7 +34,8 @@ from .structured import check_answer
 async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]:
     """Stream one chat turn; raises `LMStudioError` with a human message on any failure.
 
-    With a `json_schema`, the stream ends in an error rather than `Finished` unless the answer is JSON that matches it.
+    With a `json_schema`, the stream ends in an error rather than `Finished` unless the answer is JSON that matches it;
+    a stream that reasoned and wrote no answer (max_tokens spent thinking) ends in an error too (`chat.no_answer`).
     """
     if request.json_schema is not None and request.mode is ConnectionMode.REST:
         raise no_structured_output()  # before anything is sent
@@ -43,12 +46,18 @@ async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]
     else:
         events = stream_openai(request)
     answer: list[str] = []
+    reasoned = False
     async with aclosing(events):
         async for event in events:
             if isinstance(event, TextDelta):
                 answer.append(event.text)
-            elif isinstance(event, Finished) and request.json_schema is not None:
-                check_answer("".join(answer), request.json_schema)
+            elif isinstance(event, ReasoningDelta):
+                reasoned = reasoned or bool(event.text.strip())
+            elif isinstance(event, Finished):
+                if (error := no_answer("".join(answer), reasoned, event.stats, request.max_tokens)) is not None:
+                    raise error
+                if request.json_schema is not None:
+                    check_answer("".join(answer), request.json_schema)
             yield event
 
 

@@ -33,7 +33,15 @@ from .conversation import Conversation, Turn
 from .json_field_node import LMStudioJSONField
 from .list_item import QUEUE_POLL_SECONDS, Aborted, ItemChannel, start_item, stop_reason, stream_item
 from .list_run import CANCELLED, DONE, FAILED, ListRun
-from .node_parts import answer_store, free_comfy_vram, unload_after_run
+from .node_parts import (
+    answer_store,
+    apply_preset,
+    free_comfy_vram,
+    preset_input,
+    presets,
+    unload_after_run,
+    user_presets_file,
+)
 from .options_node import (
     CATEGORY,
     ON_ERROR_RAISE,
@@ -45,9 +53,11 @@ from .options_node import (
     newer_schema_fields,
     request_settings,
 )
+from .presets import NO_PRESET, fingerprint
 from .prompt_graph import input_linked, linked_outputs
 from .relay import StreamRelay
 from .utils import MAX_BATCH_IMAGES, encode_images
+from .video_frames import frame_indices, frames_note
 
 log = logging.getLogger("lmstudio_stream")
 
@@ -92,6 +102,31 @@ async def _encode(images: list, options: ChatOptions, channel: ItemChannel) -> t
         channel.notice("images", notice)
     # JPEG encoding takes tens of milliseconds an image: keep it off the event loop.
     return await asyncio.to_thread(_encode_all, images, options)
+
+
+async def _video_frames(video, options: ChatOptions, taken: int,
+                        channel: ItemChannel) -> tuple[tuple[bytes, ...], str]:
+    """A video's frames as JPEG bytes, evenly over the clip, and the line that tells the model what they are; room
+    is left by the `taken` images of the same message."""
+    if video is None:
+        return (), ""
+    count = min(options.video_frames, MAX_BATCH_IMAGES - taken)
+    if count < options.video_frames:
+        channel.notice("video", f"Sent {max(count, 0)} frames of the video, not {options.video_frames}: one message "
+                       f"takes {MAX_BATCH_IMAGES} images in all, and {taken} came from the image inputs.")
+    if count <= 0:
+        return (), ""
+    # Decoding the clip and encoding the frames takes a while: off the event loop.
+    return await asyncio.to_thread(_frames_of, video, count, options)
+
+
+def _frames_of(video, count: int, options: ChatOptions) -> tuple[tuple[bytes, ...], str]:
+    components = video.get_components()  # every VIDEO ComfyUI makes (a file, generated frames) can give these
+    images, rate = components.images, float(components.frame_rate or 0) or 1.0
+    picked = frame_indices(int(images.shape[0]), count)
+    jpegs = encode_images(images[picked], all_images=True, max_side=options.max_image_side,
+                          quality=options.jpeg_quality)
+    return tuple(jpegs), frames_note([index / rate for index in picked], int(images.shape[0]) / rate)
 
 
 class LMStudioStreamChat(io.ComfyNode):
@@ -205,6 +240,16 @@ class LMStudioStreamChat(io.ComfyNode):
                     tooltip="Continue a chat: another LM Studio Chat node's conversation output. Its system prompt "
                     "and every earlier turn (images too) go with this prompt. Unconnected: a new chat.",
                 ),
+                # Inputs added later go last: a saved workflow holds the widgets' values by position.
+                preset_input(),
+                io.Video.Input(
+                    "video",
+                    optional=True,
+                    lazy=True,
+                    tooltip="A video (core's Load Video) for a vision model: a few frames picked evenly over the "
+                    "clip go in one message, in time order, with a line that says which second each is from "
+                    "(video_frames in the options; 8 by default). A list of videos gets one answer each.",
+                ),
             ],
             outputs=[
                 io.String.Output("response_text", display_name="response_text"),
@@ -227,9 +272,10 @@ class LMStudioStreamChat(io.ComfyNode):
         )
 
     @classmethod
-    def check_lazy_status(cls, image=None, more_images=None, **kwargs) -> list[str]:
-        linked = input_linked(cls.hidden.prompt, str(cls.hidden.unique_id), "image")
-        needed = ["image"] if image is None and linked else []
+    def check_lazy_status(cls, image=None, more_images=None, video=None, **kwargs) -> list[str]:
+        linked = [name for name, value in (("image", image), ("video", video))
+                  if value is None and input_linked(cls.hidden.prompt, str(cls.hidden.unique_id), name)]
+        needed = linked
         # ComfyUI hands each linked further image as (value, its input's key) here, None while not evaluated; 0.33.0
         # hands the group itself that way too when nothing is linked to it: ({}, "more_images").
         if isinstance(more_images, tuple):
@@ -238,6 +284,18 @@ class LMStudioStreamChat(io.ComfyNode):
             if isinstance(value, tuple) and value[0] is None:
                 needed.append(value[1])
         return needed
+
+    @classmethod
+    def validate_inputs(cls, preset: str = NO_PRESET, more_images: object = None) -> bool:
+        # A preset removed from the user's file since the workflow was saved is not a reason to refuse the whole
+        # prompt (ComfyUI's "value not in list"): the run says so and goes on with the node's own prompts. Only the
+        # inputs named here skip ComfyUI's own checks (no **kwargs: that would skip them all); 0.33.0 hands the
+        # further images' group here too.
+        return True
+
+    @classmethod
+    def fingerprint_inputs(cls, preset: str = NO_PRESET, **_inputs) -> str:
+        return fingerprint(preset, presets())  # a preset whose text changed runs again
 
     @classmethod
     async def execute(
@@ -255,20 +313,27 @@ class LMStudioStreamChat(io.ComfyNode):
         more_images: dict | None = None,
         options: ChatOptions | None = None,
         conversation: Conversation | None = None,
+        preset: str = NO_PRESET,
+        video=None,
     ) -> io.NodeOutput:
         options = options if isinstance(options, ChatOptions) else ChatOptions()
         channel = start_item(str(cls.hidden.unique_id))
         relay = StreamRelay(channel.send, channel.progress, channel.notice)
-        chat = _chat_so_far(conversation, system_prompt, channel)
         mode = ConnectionMode(connection_mode)
+        prompt, system_prompt, options, preset_notices = apply_preset(preset, prompt, system_prompt, options, mode)
+        for sentence in preset_notices:
+            channel.notice(sentence, sentence)
+        chat = _chat_so_far(conversation, system_prompt, channel)
         try:
+            images = await _encode(_images(image, more_images), options, channel)
+            frames, frames_line = await _video_frames(video, options, len(images), channel)
             request = ChatRequest(
-                prompt=prompt,
+                prompt=f"{frames_line}\n\n{prompt}" if frames_line else prompt,
                 server_url=server_url,
                 mode=mode,
                 model=model_id.strip(),
                 system_prompt=chat.system_prompt,
-                images=await _encode(_images(image, more_images), options, channel),
+                images=images + frames,
                 history=chat.turns,
                 store=mode is ConnectionMode.REST and _continued(cls.hidden),
                 temperature=temperature,
@@ -455,6 +520,14 @@ async def models_route(request: web.Request) -> web.Response:
     except LMStudioError as exc:
         return web.json_response({"models": [], "error": str(exc)})
     return web.json_response({"models": [asdict(model) for model in models], "error": None})
+
+
+@PromptServer.instance.routes.get("/lmstudio/presets")
+async def presets_route(request: web.Request) -> web.Response:
+    """Every preset's texts (the user's file read again if it changed), for the node to show before a run."""
+    found = presets()
+    return web.json_response({"presets": {name: asdict(preset) for name, preset in found.presets.items()},
+                              "file": str(user_presets_file()), "problem": found.problem})
 
 
 class LMStudioExtension(ComfyExtension):

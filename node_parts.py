@@ -1,18 +1,23 @@
-"""What the chat node and the folder captioner share around a run: the answer store, and ComfyUI's VRAM handed
-over before and LM Studio's handed back after."""
+"""What the chat node and the folder captioner share around a run: the answer store, the presets, and ComfyUI's
+VRAM handed over before and LM Studio's handed back after."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from pathlib import Path
 
 import comfy.model_management as model_management
 import folder_paths
+from comfy_api.latest import io
 
 from .answer_store import AnswerStore
-from .chat import ChatRequest, LMStudioError
+from .chat import ChatRequest, ConnectionMode, LMStudioError
 from .client import unload_model
 from .list_item import ItemChannel
+from .options_node import ChatOptions
+from .presets import NO_PRESET, USER_PRESETS_FILE, Catalogue, catalogue, resolve
 
 log = logging.getLogger("lmstudio_stream")
 
@@ -30,6 +35,42 @@ def answer_store() -> AnswerStore:
 
 
 _stores: dict[str, AnswerStore] = {}
+
+
+def user_presets_file() -> Path:
+    """The user's own presets: in the default user's folder, where ComfyUI keeps its settings and workflows."""
+    return Path(folder_paths.get_user_directory()) / "default" / USER_PRESETS_FILE
+
+
+def presets() -> Catalogue:
+    return catalogue(user_presets_file())
+
+
+def preset_input() -> io.Combo.Input:
+    """The `preset` choice: the presets as they are when the frontend asks for the nodes (its Refresh re-reads the
+    user's file)."""
+    return io.Combo.Input(
+        "preset", options=presets().names(), default=NO_PRESET, optional=True,
+        tooltip="A ready-made system prompt (and, for some, a prompt and a JSON schema) for what people often ask: "
+        "captions, tags, SDXL, Flux and video prompts. It fills only what this node leaves empty; the node shows "
+        f"its text. Your own: {USER_PRESETS_FILE} in ComfyUI's user folder (user/default), re-read when it "
+        "changes (Refresh the node list to see new names).")
+
+
+def apply_preset(name: str, prompt: str, system_prompt: str, options: ChatOptions,
+                 mode: ConnectionMode) -> tuple[str, str, ChatOptions, list[str]]:
+    """The prompt, system prompt and options once preset `name` filled what the node left empty; and what the node
+    should say about it (a preset that is gone, a JSON schema the mode cannot send)."""
+    resolved = resolve(name, presets(), prompt=prompt, system_prompt=system_prompt, json_schema=options.json_schema)
+    notices = [resolved.notice] if resolved.notice else []
+    schema = resolved.json_schema
+    if schema != options.json_schema and mode is ConnectionMode.REST:
+        # A preset's schema is a help where the mode can check it, never a reason to fail in one that cannot.
+        notices.append(f"Preset '{name}' asks for JSON that follows its schema, which the REST API mode cannot "
+                       "check (it has no structured output): the answer is not checked. Use SDK or OpenAI-compatible "
+                       "for a checked answer.")
+        schema = options.json_schema
+    return resolved.prompt, resolved.system_prompt, dataclasses.replace(options, json_schema=schema), notices
 
 
 def free_comfy_vram(channel: ItemChannel) -> None:

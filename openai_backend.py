@@ -62,10 +62,28 @@ def openai_payload(request: ChatRequest, model: str) -> dict[str, Any]:
     # Sampling, stop and draft_model: top_k, min_p, repeat_penalty and draft_model are LM Studio's extensions
     # (llama-server takes all but the last).
     payload.update(sendable_settings(request))
+    payload.update(openai_reasoning(request.reasoning))
     if request.json_schema is not None:
         payload["response_format"] = {"type": "json_schema",
                                       "json_schema": {"name": "answer", "strict": True, "schema": request.json_schema}}
     return payload
+
+
+def openai_reasoning(level: str) -> dict[str, Any]:
+    """The fields that carry `reasoning` (off, low, medium, high, on) to an OpenAI-compatible server; {} for auto.
+
+    Two fields, because servers honour different ones: `reasoning_effort` in OpenAI's words ("none" for off) is what
+    LM Studio maps to its reasoning setting (it ignores "off" and "on", lmstudio-bug-tracker#2413) and llama.cpp's
+    server reads ("none" turns thinking off, any other value goes to the chat template); `chat_template_kwargs`'
+    `enable_thinking` is what llama.cpp, vLLM and SGLang pass to the chat template of Qwen3 and its like. "on" has
+    no effort in OpenAI's words, so it is only `enable_thinking`.
+    """
+    if level == "auto":
+        return {}
+    fields: dict[str, Any] = {"chat_template_kwargs": {"enable_thinking": level != "off"}}
+    if level != "on":
+        fields["reasoning_effort"] = "none" if level == "off" else level
+    return fields
 
 
 def openai_stats(

@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from .limiter import FIND_CEILING, FIND_START
 from .structured import parse_schema
 from .utils import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_SIDE, MAX_BATCH_IMAGES
+from .video_frames import DEFAULT_VIDEO_FRAMES
 
 CATEGORY = "LM Studio"  # both nodes' place in the node library
 OPTIONS_TYPE = "LMSTUDIO_CHAT_OPTIONS"
@@ -55,6 +56,7 @@ class ChatOptions:
     context_length: int = 0
     json_schema: str = ""  # empty: a free answer
     busy_wait_seconds: int = 300  # how long one item may wait out a busy server in all
+    video_frames: int = DEFAULT_VIDEO_FRAMES  # frames of a video sent, evenly over the clip
 
 
 def request_settings(options: ChatOptions) -> dict[str, Any]:
@@ -126,9 +128,11 @@ class LMStudioChatOptions(io.ComfyNode):
                     "reasoning",
                     options=REASONING_OPTIONS,
                     default="auto",
-                    tooltip="How much the model should think. Sent in REST API mode only (LM Studio's `reasoning`; a "
-                    "model that does not support the setting answers with an error). SDK and OpenAI-compatible "
-                    "modes cannot send it (the node says so): the model's own default applies. auto sends nothing.",
+                    tooltip="How much the model should think: off for a quick answer from a model that thinks by "
+                    "default (Qwen3, Gemma 4), or an effort. REST API: LM Studio's `reasoning` (a model without the "
+                    "setting answers with an error). OpenAI-compatible: `reasoning_effort` (off is 'none'; LM "
+                    "Studio, llama.cpp) and `chat_template_kwargs.enable_thinking` (llama.cpp, vLLM, SGLang). The "
+                    "SDK has no setting for it (the node says so). auto sends nothing: the model's default.",
                 ),
                 io.Combo.Input(
                     "after_run",
@@ -251,6 +255,15 @@ class LMStudioChatOptions(io.ComfyNode):
                     tooltip="How long, in seconds and in all, one item waits out a server that says it is full (HTTP "
                     "429 or 503, a router's 'no deployments available') before it fails: it asks again when the "
                     "server's Retry-After says, else after a growing pause. 0 fails at the first refusal.",
+                ),
+                io.Int.Input(
+                    "video_frames",
+                    default=DEFAULT_VIDEO_FRAMES,
+                    min=1,
+                    max=MAX_BATCH_IMAGES,
+                    tooltip="How many frames of a video (the chat node's video input) are sent: picked evenly over "
+                    "the clip, in time order, with a line that says which second each is from. With images too, "
+                    f"{MAX_BATCH_IMAGES} in all.",
                 ),
             ],
             outputs=[io.Custom(OPTIONS_TYPE).Output("options", display_name="options")],

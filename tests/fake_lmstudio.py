@@ -98,6 +98,18 @@ def openai_script(
     return chunks
 
 
+THOUGHT_ANSWER = ["An", " answer."]
+
+
+def think(words: int, thinking: bool, max_tokens: Any) -> tuple[list[str], list[str], bool]:
+    """A reasoning model, one token a word: `words` of reasoning (none when told not to think), then its answer,
+    cut at `max_tokens`; the reasoning, the answer, and whether it was cut."""
+    reasoning = [f" thought {n}" for n in range(words)] if thinking else []
+    tokens = reasoning + THOUGHT_ANSWER
+    limit = max_tokens if isinstance(max_tokens, int) and max_tokens > 0 else len(tokens)
+    return tokens[:limit][: len(reasoning)], tokens[:limit][len(reasoning):], limit < len(tokens)
+
+
 @dataclass
 class Recorded:
     method: str
@@ -140,6 +152,10 @@ class FakeLMStudio:
     # Answer "An image of W x H" (the last image's size) in every dialect, so each answer can be paired with its image.
     describe_images: bool = False
     answers: dict[str, str] = field(default_factory=dict)  # prompt -> the answer to give it (OpenAI-compatible)
+    # A reasoning model (Qwen3 and its like) in every dialect: this many words of reasoning, then "An answer.", cut
+    # at the request's max tokens. It stops thinking when told so as each API says it: REST `reasoning: off`;
+    # OpenAI-compatible `reasoning_effort: none` or `chat_template_kwargs.enable_thinking: false`; the SDK cannot.
+    thinker: int | None = None
     delay_for: dict[str, float] = field(default_factory=dict)  # prompt -> seconds before its first frame
     held: int | None = None  # predictions beyond this many wait in silence until `held` is set back to None
     stored: set[str] = field(default_factory=set)  # native REST turns kept with `store` (LM Studio forgets on restart)
@@ -231,6 +247,12 @@ class FakeLMStudio:
             events = rest_script(reasoning=[], text=["Answer to ", prompt_of(body)])
         if self.describe_images:
             events = rest_script(reasoning=[], text=["An image of ", size_text(images_of(body))])
+        if self.thinker is not None:
+            reasoning, text, _ = think(self.thinker, body.get("reasoning") != "off", body.get("max_output_tokens"))
+            events = rest_script(reasoning=reasoning, text=text, stats={
+                "input_tokens": 17, "total_output_tokens": len(reasoning) + len(text),
+                "reasoning_output_tokens": len(reasoning), "tokens_per_second": 50.0,
+                "time_to_first_token_seconds": 0.2})
         if body.get("store", True):  # LM Studio's default is to store, with a `response_id` to continue from
             response_id = f"resp_{len(self.stored) + 1:048x}"
             self.stored.add(response_id)
@@ -255,7 +277,18 @@ class FakeLMStudio:
             chunks = openai_script(["An image of ", size_text(images_of(self.requests[-1].body))])
         if prompt in self.answers:
             chunks = openai_script([self.answers[prompt]])
+        if self.thinker is not None:
+            chunks = self._thinking_chunks(self.requests[-1].body)
         return await self._stream(request, [self._frame(chunk) for chunk in chunks])
+
+    def _thinking_chunks(self, body: dict[str, Any]) -> list[dict[str, Any] | str]:
+        thinking = (body.get("reasoning_effort") != "none"
+                    and (body.get("chat_template_kwargs") or {}).get("enable_thinking") is not False)
+        reasoning, text, cut = think(self.thinker or 0, thinking, body.get("max_tokens"))
+        chunks = openai_script(text, reasoning=reasoning, usage=False)
+        if cut:  # the last content chunk says why it stopped: "length", as OpenAI words it
+            chunks[-2] = openai_chunk({}, finish="length")
+        return chunks
 
     @contextlib.asynccontextmanager
     async def slot(self):
@@ -606,17 +639,23 @@ class FakeSDK:
             files = [p.get("identifier") for p in messages[-1].get("content", []) if p.get("type") == "file"]
             images = [base64.b64decode(uploads[f]) for f in files if f in uploads]
             fragments = [sdk_fragment("An image of "), sdk_fragment(size_text(images))]
+        stop = "eosFound"
+        if self.owner.thinker is not None:  # the SDK has no way to say "do not think"
+            limit = stack_fields(params.get("predictionConfigStack")).get("llm.prediction.maxPredictedTokens") or {}
+            reasoning, text, cut = think(self.owner.thinker, True, limit.get("value") if limit.get("checked") else None)
+            fragments = sdk_script(reasoning, text)
+            stop = "maxPredictedTokensReached" if cut else stop
         async with self.slot():
             await asyncio.sleep(self.owner.delay_for.get(prompt, 0.0))
-            await self._generate(ws, channel, send, cancel, fragments)
+            await self._generate(ws, channel, send, cancel, fragments, stop)
 
-    async def _generate(self, ws, channel: int, send, cancel: asyncio.Event, fragments: list[dict]) -> None:
+    async def _generate(self, ws, channel: int, send, cancel: asyncio.Event, fragments: list[dict],
+                        stop: str = "eosFound") -> None:
         for progress in self.prompt_progress:
             await send({"type": "promptProcessingProgress", "progress": progress, "details": {}})
             if self.prompt_delay and not cancel.is_set():
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(cancel.wait(), self.prompt_delay)
-        stop = "eosFound"
         for index, fragment in enumerate(fragments):
             if self.drop_after_fragments is not None and index >= self.drop_after_fragments:
                 await ws.close()

@@ -66,7 +66,7 @@ window.T = {
     const shown = (el) => el && el.offsetParent !== null && getComputedStyle(el).display !== "none";
     const entries = [["head", ".lms-thoughts-head"], ["reasoning", ".lms-reasoning"], ["answer", ".lms-answer"],
                      ["error", ".lms-error"], ["footer", ".lms-footer"], ["answers", ".lms-answers"],
-                     ["status", ".lms-status"], ["list", ".lms-list"]];
+                     ["status", ".lms-status"], ["list", ".lms-list"], ["preset", ".lms-preset"]];
     const parts = {root: T.rect(root)};
     for (const [name, sel] of entries) if (shown(pick(sel))) parts[name] = T.rect(pick(sel));
     return parts;
@@ -498,11 +498,12 @@ async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lm
     lmstudio.models = [native_model(MODEL, loaded=True), native_model("z/text-only", vision=False)]
     await chat_node(ui, lmstudio)
     picked = await ui.evaluate("""(async () => {
-        const button = T.widget(__node, "refresh models");
-        await button.callback();
-        // A refresh the server_url change scheduled (400 ms after typing) may supersede the button's: wait for the
-        // list itself, not for the button's refresh.
-        await T.until(() => T.widget(__node, "pick model").options.values.length > 1);
+        const list = T.widget(__node, "pick model");
+        list.value = "(refresh the list)";
+        list.callback(list.value);  // the list's last entry lists again
+        // A refresh the server_url change scheduled (400 ms after typing) may supersede this one: wait for the
+        // list itself.
+        await T.until(() => T.widget(__node, "pick model").options.values.length > 2);
         await T.frames(4);
         const picker = T.widget(__node, "pick model");
         const values = [...picker.options.values];
@@ -514,7 +515,8 @@ async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lm
         return {values, current: picker.value, shownHasLabel: shown.includes(values[1]),
                 modelId: T.widget(__node, "model_id").value, inputs};
     })()""")
-    assert picked["values"] == ["(pick a model)", f"{MODEL}  [loaded, vision]", "z/text-only"], picked
+    assert picked["values"] == ["(pick a model)", f"{MODEL}  [loaded, vision]", "z/text-only", "(refresh the list)"], \
+        picked
     assert picked["modelId"] == "z/text-only"
     if ui.vue:  # the Vue node draws the values itself: what it shows must follow what the pack wrote
         assert picked["shownHasLabel"] and "z/text-only" in picked["inputs"], picked
@@ -530,6 +532,47 @@ async def test_the_picker_lists_the_server_and_an_error_shows_on_the_node(ui, lm
     assert error["parts"]["error"]["height"] > 10 and not overlaps(error["parts"]), error["parts"]
     assert error["color"] != "rgb(221, 221, 221)"  # drawn in the error colour, not as plain text
     await keep_picture(ui, "error")
+
+
+async def test_a_presets_text_shows_before_the_run_and_is_what_runs(ui, lmstudio):
+    from lmstudio_pack.presets import BUILT_IN
+
+    tags = next(p for p in BUILT_IN if p.name == "Booru-style tags")
+    await chat_node(ui, lmstudio)
+    shown = await ui.evaluate("""(async () => {
+        const preset = T.widget(__node, "preset");
+        preset.value = "Booru-style tags";
+        preset.callback(preset.value);
+        await T.until(() => T.text(__node, ".lms-preset").length > 0);
+        await T.frames(4);
+        const el = T.view(__node).querySelector(".lms-preset");
+        const first = {text: el.textContent, height: el.offsetHeight, parts: T.parts(__node)};
+        T.set(__node, "prompt", "");
+        const own = T.widget(__node, "system_prompt");
+        own.value = "My own rules.";
+        own.callback?.(own.value);
+        await T.until(() => T.text(__node, ".lms-preset").includes("system prompt: this node's own"));
+        const second = el.textContent;
+        own.value = "";
+        own.callback?.(own.value);
+        await T.until(() => !T.text(__node, ".lms-preset").includes("this node's own"));
+        return {first, second};
+    })()""")
+    assert shown["first"]["text"].startswith('Preset "Booru-style tags"\nsystem prompt: You tag images'), shown
+    assert shown["first"]["height"] > 10 and not overlaps(shown["first"]["parts"]), shown
+    assert "system prompt: this node's own" in shown["second"], shown
+    await keep_picture(ui, "preset")
+    await ui.evaluate("app.queuePrompt(0, 1)")
+    await ui.evaluate("T.until(() => T.text(__node, '.lms-stats').length > 0)")
+    body = lmstudio.chat_requests()[-1].body
+    assert (body["system_prompt"], body["input"]) == (tags.system_prompt, tags.prompt)
+    loaded = await ui.evaluate(f"""(async () => {{
+        await app.loadGraphData({(EXAMPLES[0].parent / "caption_with_a_preset.json").read_text()});
+        const chat = app.graph.nodes.find((n) => n.type === "LMStudioStreamChat");
+        await T.until(() => T.text(chat, ".lms-preset").length > 0);
+        return T.text(chat, ".lms-preset");
+    }})()""")
+    assert loaded.startswith('Preset "Booru-style tags"'), loaded
 
 
 async def test_first_release_workflows_migrate_and_the_examples_load(ui):

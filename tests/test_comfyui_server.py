@@ -395,3 +395,81 @@ async def test_chained_turns_run_again_when_an_earlier_turn_changes(comfyui, lms
     assert changed.outcome == "execution_success", (changed.error, comfyui.log()[-2000:])
     assert [r.body["input"] for r in lmstudio.chat_requests()[sent:]] == ["Describe a wolf", "Shorten it"]
     assert executed(changed, "2")["lmstudio"][0]["text"] == "Answer to Shorten it"
+
+
+def video_file(server: real_comfyui.ComfyServer, frames: int = 30, fps: int = 10) -> str:
+    """An MP4 of `frames` frames growing brighter, in the server's input folder, written by ComfyUI's own PyAV."""
+    name = f"clip_{uuid.uuid4().hex[:8]}.mp4"
+    script = (
+        "import sys, av, numpy as np\n"
+        "out = av.open(sys.argv[1], 'w')\n"
+        "stream = out.add_stream('mpeg4', rate=int(sys.argv[3]))\n"
+        "stream.width = stream.height = 64\n"
+        "stream.pix_fmt = 'yuv420p'\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 10 + 8 * i, np.uint8), format='rgb24')\n"
+        "    out.mux(stream.encode(frame))\n"
+        "out.mux(stream.encode())\n"
+        "out.close()\n"
+    )
+    import subprocess
+
+    subprocess.run([str(server.python), "-c", script, str(server.input_dir / name), str(frames), str(fps)],
+                   check=True, timeout=60)
+    return name
+
+
+def brightness(jpeg: bytes) -> float:
+    import io
+
+    from PIL import ImageStat
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        return ImageStat.Stat(image.convert("L")).mean[0]
+
+
+async def test_load_video_into_the_node_sends_frames_in_time_order(comfyui, lmstudio):
+    from fake_lmstudio import images_of
+
+    prompt = {"1": {"class_type": "LoadVideo", "inputs": {"file": video_file(comfyui)}},
+              "2": chat(lmstudio.url, prompt="What happens?", video=["1", 0], options=["3", 0]),
+              "3": options_node(video_frames=4)}
+    run = await comfyui.run(prompt)
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    body = lmstudio.chat_requests()[-1].body
+    assert body["input"][0]["content"] == ("The 4 images are frames of one video of 3.0 seconds, in time order, "
+                                           "taken at 0.3 s, 1.1 s, 1.8 s, 2.6 s.\n\nWhat happens?")
+    levels = [brightness(jpeg) for jpeg in images_of(body)]
+    assert len(levels) == 4 and levels == sorted(levels) and levels[-1] - levels[0] > 100, levels
+
+
+async def test_a_users_preset_is_read_again_and_a_removed_one_does_not_stop_the_workflow(comfyui, lmstudio):
+    presets = comfyui.base / "user" / "default" / "lmstudio-presets.json"
+    presets.parent.mkdir(parents=True, exist_ok=True)
+    presets.write_text(json.dumps({"Server style": {"system_prompt": "Answer in French."}}))
+    async with aiohttp.ClientSession() as session, session.get(f"{comfyui.url}/lmstudio/presets") as response:
+        listed = (await response.json())["presets"]
+    assert listed["Server style"]["system_prompt"] == "Answer in French." and "Detailed caption" in listed
+    run = await comfyui.run({"1": chat(lmstudio.url, preset="Server style")})
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    assert lmstudio.chat_requests()[-1].body["system_prompt"] == "Answer in French."
+    presets.write_text(json.dumps({"Server style": {"system_prompt": "Answer in German, briefly."}}))
+    run = await comfyui.run({"1": chat(lmstudio.url, preset="Server style")})  # same inputs: not the cached answer
+    assert lmstudio.chat_requests()[-1].body["system_prompt"] == "Answer in German, briefly."
+    presets.write_text("{}")
+    run = await comfyui.run({"1": chat(lmstudio.url, preset="Server style", system_prompt="Mine.")})
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])  # not refused as "not in list"
+    assert lmstudio.chat_requests()[-1].body["system_prompt"] == "Mine."
+    notices = [u["content"] for u in run.stream("notice")]
+    assert any("Preset 'Server style' no longer exists" in n for n in notices), notices
+
+
+async def test_thinking_off_reaches_the_server_in_openai_compatible_mode(comfyui, lmstudio):
+    lmstudio.thinker = 30
+    run = await comfyui.run({"1": chat(lmstudio.url, "OpenAI-compatible", options=["2", 0]),
+                             "2": options_node(reasoning="off")})
+    assert run.outcome == "execution_success", (run.error, comfyui.log()[-2000:])
+    assert executed(run, "1")["lmstudio"][0]["text"] == "An answer."
+    assert lmstudio.chat_requests()[-1].body["reasoning_effort"] == "none"
+    run = await comfyui.run({"1": chat(lmstudio.url, "OpenAI-compatible", max_tokens=10)})
+    assert "spent all of max_tokens (10) on reasoning" in executed(run, "1")["lmstudio"][0]["error"]

@@ -195,8 +195,11 @@ async def test_reasoning_auto_sends_nothing(lmstudio, comfy):
 
 
 def test_seed_changes_re_run_the_node_and_fixed_inputs_use_the_cache():
-    # ComfyUI's cache keys on the inputs (seed included) unless a node overrides fingerprint_inputs.
-    assert "fingerprint_inputs" not in vars(LMStudioStreamChat)
+    # ComfyUI's cache keys on the inputs (seed included) and on fingerprint_inputs, which says only what the preset's
+    # texts are: the same for every seed and every other input, so fixed inputs still reuse the cached answer.
+    fingerprint = LMStudioStreamChat.fingerprint_inputs
+    assert fingerprint(seed=1, prompt="a") == fingerprint(seed=2, prompt="b") == fingerprint(preset="none")
+    assert fingerprint(preset="Short caption", seed=1) == fingerprint(preset="Short caption", seed=2)
     assert LMStudioStreamChat.GET_SCHEMA().not_idempotent is False
 
 

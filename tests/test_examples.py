@@ -11,6 +11,7 @@ from lmstudio_pack.caption_folder_node import LMStudioCaptionFolder
 from lmstudio_pack.json_field_node import LMStudioJSONField
 from lmstudio_pack.node import LMStudioStreamChat
 from lmstudio_pack.options_node import LMStudioChatOptions
+from lmstudio_pack.presets import BUILT_IN
 from lmstudio_pack.structured import parse_schema
 
 OURS = {node.GET_SCHEMA().node_id: node
@@ -26,6 +27,7 @@ def example(name: str) -> dict:
 # (KSampler's seed brings a control_after_generate value).
 CORE = {
     "LoadImage": ({}, [("IMAGE", "IMAGE"), ("MASK", "MASK")], 2),
+    "LoadVideo": ({}, [("VIDEO", "VIDEO")], 2),  # comfy_extras/nodes_video.py: the file and its upload button
     "CheckpointLoaderSimple": ({}, [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")], 1),
     "CLIPTextEncode": ({"clip": "CLIP", "text": "STRING"}, [("CONDITIONING", "CONDITIONING")], 1),
     "EmptyLatentImage": ({}, [("LATENT", "LATENT")], 3),
@@ -56,10 +58,20 @@ def our_layout(node_class=LMStudioStreamChat):
 
 def test_the_examples():
     assert [p.name for p in EXAMPLES] == ["caption_a_folder_from_disk.json", "caption_an_image.json",
-                                          "caption_dataset_for_lora.json",
-                                          "describe_then_prompt_in_three_turns.json", "generate_then_caption.json",
+                                          "caption_dataset_for_lora.json", "caption_with_a_preset.json",
+                                          "describe_a_video.json", "describe_then_prompt_in_three_turns.json",
+                                          "generate_then_caption.json",
                                           "image_to_prompt_parts_json.json", "refine_prompt_for_sdxl.json",
                                           "sdxl_batch_captions.json"]
+
+
+def test_the_preset_example_leaves_the_prompts_to_a_built_in_preset():
+    chat = next(n for n in example("caption_with_a_preset.json")["nodes"] if n["type"] == "LMStudioStreamChat")
+    names = [w.id for w in our_layout(LMStudioStreamChat)[2]]
+    values = dict(zip(names, [v for i, v in enumerate(chat["widgets_values"]) if i != names.index("seed") + 1],
+                      strict=True))
+    assert values["prompt"] == values["system_prompt"] == ""
+    assert values["preset"] in {p.name for p in BUILT_IN}
 
 
 def test_the_json_example_reads_three_fields_of_a_schema_into_clip():

@@ -2,7 +2,9 @@
 
     node.py -> caption_folder_node.py -> node_parts.py / options_node.py / json_field_node.py / cli.py ->
       list_item.py -> client.py -> rest_backend / openai_backend / sdk_process -> http_common, sdk_runtime, relay,
-      answer_store, slots, folder_images -> utils, sse, limiter, backoff, list_run, structured, sdk_wire -> chat ->
+      answer_store, slots, folder_images -> utils, sse, limiter, backoff, list_run, structured, sdk_wire, presets,
+      video_frames ->
+      chat ->
       conversation
     and in the SDK worker process: sdk_worker -> sdk_backend -> sdk_runtime, sdk_wire ...
 """
@@ -19,7 +21,7 @@ LAYERS = {
     "conversation": 0,
     "chat": 1,
     "utils": 2, "sse": 2, "limiter": 2, "backoff": 2, "list_run": 2, "structured": 2, "prompt_graph": 2,
-    "sdk_wire": 2,
+    "sdk_wire": 2, "presets": 2, "video_frames": 2,
     "http_common": 3, "sdk_runtime": 3, "relay": 3, "answer_store": 3, "slots": 3, "folder_images": 3,
     "rest_backend": 4, "openai_backend": 4, "sdk_backend": 4, "sdk_process": 4,
     "client": 5, "sdk_worker": 5,

@@ -46,7 +46,7 @@ def test_schema_contract():
     assert (by_id["max_tokens"].default, by_id["max_tokens"].min) == (-1, -1)
     assert by_id["prompt"].multiline
     for extra in schema.inputs[len(required):]:
-        assert extra.optional and (extra.io_type in ("IMAGE", OPTIONS_TYPE, "COMFY_AUTOGROW_V3",
+        assert extra.optional and (extra.io_type in ("IMAGE", "VIDEO", OPTIONS_TYPE, "COMFY_AUTOGROW_V3",
                                                      CONVERSATION_TYPE) or extra.default is not None), extra.id
     for item in schema.inputs:
         assert item.tooltip, item.id
@@ -56,7 +56,8 @@ def test_schema_contract():
         ("output_tokens", "INT"), ("reasoning_tokens", "INT"), ("conversation", CONVERSATION_TYPE)]
     # New inputs come last, so saved workflows keep every earlier socket where it was.
     assert [i.id for i in schema.inputs[len(required):]] == ["image", "system_prompt", "seed", "more_images",
-                                                             "options", "conversation"]
+                                                             "options", "conversation", "preset",
+                                                             "video"]
     # Seven more image sockets, lazy like `image`: eight images in one message at most.
     more = by_id["more_images"].template
     assert more.names == [f"image_{n}" for n in range(2, 9)] and more.min == 0

@@ -66,15 +66,14 @@ async def test_a_fresh_node_shows_its_view_on_screen(comfyui, tmp_path):
     fresh = await browser.evaluate(FRESH_NODE)
     names = [name for name, _, _ in fresh["widgets"]]
     assert names == ["prompt", "model_id", "connection_mode", "server_url", "temperature", "max_tokens", "debug_mode",
-                     "system_prompt", "seed", "control_after_generate", "pick model", "refresh models",
-                     "lmstudio_stream"]
+                     "system_prompt", "seed", "control_after_generate", "preset", "pick model", "lmstudio_stream"]
     left, top, right, bottom = fresh["view"]
     width, height = fresh["window"]
     assert 0 <= left and right <= width and 0 <= top and bottom <= height, fresh  # on screen, no resizing
     prompt_height = fresh["prompt"][3] - fresh["prompt"][1]
     assert prompt_height >= 3 * fresh["line"], fresh  # the prompt box shows at least three lines
     assert fresh["status"] == fresh["error"] == ""  # no wall of red text for a fresh node
-    assert fresh["picker"] == "(LM Studio not reachable: refresh to retry)"
+    assert fresh["picker"] == "(LM Studio not reachable; refresh the list to retry)"
     print(f"\nfresh node: {len(names) - 1} widgets above the view; view at {top:.0f}-{bottom:.0f} px of a "
           f"{height} px window; prompt box {prompt_height:.0f} px ({prompt_height / fresh['line']:.1f} lines); "
           f"node {fresh['size'][0]:.0f}x{fresh['size'][1]:.0f}")

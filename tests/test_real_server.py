@@ -314,3 +314,54 @@ async def test_a_list_through_litellm_in_front_of_two_llama_servers(two_servers_
     assert not [entry for entry in ui["lmstudio"] if "error" in entry]
     assert outputs[2][-1].split("\n")[1].startswith("list: 12 of 12 done")
     assert all(prompt_tokens_total(url) > 0 for url in urls)  # the proxy spread the list over both servers
+
+
+# ------------------------------------------------------------------------------------------ thinking on or off
+# A chat template that, like Qwen3's, closes the thinking block before the answer when `enable_thinking` is false,
+# and shows the `reasoning_effort` it was given: what llama-server renders shows what it understood.
+THINKING_TEMPLATE = """{%- for message in messages -%}
+<|im_start|>{{ message.role }}
+{{ message.content }}<|im_end|>
+{% endfor -%}
+{%- if add_generation_prompt -%}
+<|im_start|>assistant
+{%- if reasoning_effort is defined %} [effort {{ reasoning_effort }}]{% endif %}
+{%- if enable_thinking is defined and enable_thinking is false %}
+<think>
+
+</think>
+{%- endif %}
+{% endif -%}"""
+
+
+@pytest.fixture(scope="module")
+def thinking_server_url(tmp_path_factory):
+    template = tmp_path_factory.mktemp("template") / "thinking.jinja"
+    template.write_text(THINKING_TEMPLATE)
+    yield from llama_server("-np", "1", "--jinja", "--chat-template-file", str(template))
+
+
+def rendered_prompt(url: str, payload: dict) -> str:
+    """The prompt llama-server builds from a chat request (its `/apply-template` parses it as a completion would)."""
+    data = json.dumps(payload).encode()
+    post = urllib.request.Request(f"{url}/apply-template", data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(post, timeout=10) as response:
+        return json.loads(response.read())["prompt"]
+
+
+@pytest.mark.parametrize("level, closed, effort", [("off", True, None), ("auto", False, None), ("on", False, None),
+                                                    ("low", False, "low"), ("high", False, "high")])
+async def test_llama_server_reads_the_reasoning_setting_as_the_pack_sends_it(thinking_server_url, level, closed,
+                                                                             effort):
+    from lmstudio_pack.openai_backend import openai_payload
+
+    prompt = rendered_prompt(thinking_server_url, openai_payload(request(thinking_server_url, reasoning=level), ALIAS))
+    assert ("<think>\n\n</think>" in prompt) == closed, prompt
+    assert (f"[effort {effort}]" in prompt) if effort else "[effort" not in prompt, prompt
+
+
+async def test_thinking_off_runs_on_llama_server_through_the_node(thinking_server_url, comfy):
+    text, _, stats = (await run(thinking_server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=24,
+                                        reasoning="off")).args[:3]
+    assert text and not text.startswith("Error") and "mode: OpenAI-compatible" in stats
+    assert not [c for k, c in events() if k == "notice"]  # nothing named unsent: the mode carries it

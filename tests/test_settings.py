@@ -97,10 +97,12 @@ def test_stop_strings_one_per_line_as_typed():
 
 
 def test_every_unsendable_setting_is_named_with_the_modes_that_can():
+    request = ChatRequest(prompt="x", mode=ConnectionMode.SDK, reasoning="low", stop=("###",))
+    assert unsent_settings(request) == [
+        "reasoning is not supported by the SDK mode, so not sent; use REST API or OpenAI-compatible."]
     request = ChatRequest(prompt="x", mode=ConnectionMode.OPENAI, reasoning="low", context_length=2048)
     assert unsent_settings(request) == [
-        "context_length is not supported by the OpenAI-compatible mode, so not sent; use SDK or REST API.",
-        "reasoning is not supported by the OpenAI-compatible mode, so not sent; use REST API."]
+        "context_length is not supported by the OpenAI-compatible mode, so not sent; use SDK or REST API."]
     assert unsent_settings(ChatRequest(prompt="x", mode=ConnectionMode.REST, reasoning="low")) == []
 
 

@@ -13,6 +13,7 @@ import {
   listSummary,
   parseExecutionId,
   pickItem,
+  presetPreview,
   stateFromExecuted,
   textPatch,
   visibleItem,
@@ -395,4 +396,20 @@ test("a turn of a chat says which, in the line above the panes, live and from th
   const cached = stateFromExecuted({ lmstudio: [{ index: 0, text: "A", stats: "s", turn: 2 }] });
   assert.equal(headline(cached), "turn 2 of the chat");
   assert.equal(headline(stateFromExecuted({ lmstudio: [{ text: "A", stats: "s" }] })), "");
+});
+
+test("a preset's texts show before a run, the node's own named where they replace the preset's", () => {
+  const presets = {
+    Tags: { system_prompt: "You tag images.", prompt: "Tag this image.", json_schema: "" },
+    Parts: { system_prompt: "Take it apart.", prompt: "", json_schema: '{"type":"object","properties":{"a":{},"b":{}}}' },
+  };
+  assert.equal(presetPreview("none", presets, {}), "");
+  assert.equal(presetPreview("Tags", presets, { prompt: "", system_prompt: " " }),
+    'Preset "Tags"\nsystem prompt: You tag images.\nprompt: Tag this image.');
+  assert.equal(presetPreview("Tags", presets, { prompt: "Mine", system_prompt: "" }),
+    "Preset \"Tags\"\nsystem prompt: You tag images.\nprompt: this node's own (the preset's is not used)");
+  assert.match(presetPreview("Parts", presets, {}), /JSON answer: a, b /);
+  assert.match(presetPreview("Gone", presets, {}), /^Preset "Gone" no longer exists: this node's own prompts run/);
+  assert.ok(presetPreview("Tags", { Tags: { system_prompt: "x ".repeat(200) } }, {}).length < 200); // one glance
+  assert.equal(presetPreview("Tags", null, {}), ""); // not fetched yet
 });

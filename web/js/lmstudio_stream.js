@@ -7,6 +7,7 @@ import { api } from "../../../scripts/api.js";
 import {
   VIEW_CLASSES,
   PICK_PROMPT,
+  REFRESH_MODELS,
   STREAM_EVENT,
   answerList,
   applyUpdate,
@@ -20,9 +21,12 @@ import {
   latestOutputs,
   migrateWorkflow,
   modelsRoute,
+  NO_PRESET,
+  PRESETS_ROUTE,
   pickItem,
   pickerOptions,
   pickerValue,
+  presetPreview,
   stateFromExecuted,
   textPatch,
   visibleItem,
@@ -59,6 +63,9 @@ const STYLE = `
 .lmstudio-stream .lms-error:empty, .lmstudio-stream .lms-status:empty, .lmstudio-stream .lms-list:empty,
 .lmstudio-stream .lms-notice:empty, .lmstudio-stream .lms-answers:empty { display: none; }
 .lmstudio-stream .lms-list { font-size: 11px; font-weight: bold; opacity: 0.85; }
+.lmstudio-stream .lms-preset { font-size: 11px; opacity: 0.75; white-space: pre-wrap; word-break: break-word;
+  flex: 0 1 auto; min-height: 1.4em; max-height: 5.6em; overflow: auto; }
+.lmstudio-stream .lms-preset:empty { display: none; }
 /* Notices give way first when the view is short (down to one line, scrolled), and never take more than four lines. */
 .lmstudio-stream .lms-notice { font-size: 11px; color: var(--warning-text, #e0b050); white-space: pre-wrap;
   flex: 0 1 auto; min-height: 1.4em; max-height: 5.6em; overflow: auto; }
@@ -140,6 +147,7 @@ function createView() {
   // the canvas (1.35.9: on hover; 1.47 and later: once a click put the focus inside, as for its text boxes).
   root.dataset.captureWheel = "true";
   const list = element("div", "lms-list");
+  const preset = element("div", "lms-preset"); // the preset's texts, before a run as after it (not a run's state)
   const notice = element("div", "lms-notice");
   const status = element("div", "lms-status");
   // A plain flex column, not <details>: its contents sit in a pseudo-element that flex layout cannot size, and the
@@ -166,7 +174,7 @@ function createView() {
     pickItem(state, state.pinned && state.focus === index ? null : index);
     schedule();
   });
-  root.append(list, notice, status, thoughts, answer.pane, error, footer, answers.box);
+  root.append(list, preset, notice, status, thoughts, answer.pane, error, footer, answers.box);
 
   let state = createState();
   const draw = () => {
@@ -196,6 +204,9 @@ function createView() {
     replace(next) {
       state = next;
       schedule();
+    },
+    showPreset(text) {
+      if (preset.textContent !== text) preset.textContent = text;
     },
     get state() {
       return state;
@@ -242,13 +253,17 @@ function attachModelPicker(node) {
   let showing = false;
   const picker = node.addWidget("combo", "pick model", PICK_PROMPT, (label) => {
     if (showing) return; // the pack showing a value, not a person choosing one
+    if (label === REFRESH_MODELS) {
+      refresh(); // shows the fresh list, and the model_id's entry in it, when the server answers
+      return;
+    }
     const key = options.keys.get(label);
     if (key === undefined) return;
     const modelId = liveWidget(node, "model_id");
     modelId.value = key;
     modelId.callback?.(key);
     node.setDirtyCanvas?.(true, true);
-  }, { values: [PICK_PROMPT], serialize: false });
+  }, { values: [PICK_PROMPT, REFRESH_MODELS], serialize: false });
   picker.serialize = false; // display-only: neither saved in the workflow nor sent in the prompt
 
   async function refresh() {
@@ -263,7 +278,9 @@ function attachModelPicker(node) {
     if (mine !== request) return; // a newer refresh (server_url changed meanwhile) wins
     options = pickerOptions(body);
     const live = liveWidget(node, "pick model") ?? picker;
-    live.options.values = [PICK_PROMPT, ...options.labels];
+    // The last entry lists again (LM Studio started, a model loaded since): an entry, not a button of its own, so
+    // the node face keeps its height for what people set.
+    live.options.values = [PICK_PROMPT, ...options.labels, REFRESH_MODELS];
     // Unreachable: the picker itself says so in one short line; the full explanation waits for a run, so a
     // fresh node greets nobody with red text.
     const value = options.error ? options.labels[0] : pickerValue(options, liveWidget(node, "model_id").value);
@@ -278,8 +295,6 @@ function attachModelPicker(node) {
     node.setDirtyCanvas?.(true, true);
   }
 
-  const button = node.addWidget("button", "refresh models", null, () => refresh(), { serialize: false });
-  button.serialize = false;
   let timer = null;
   const serverUrl = liveWidget(node, "server_url");
   const onUrlChange = serverUrl.callback;
@@ -290,6 +305,48 @@ function attachModelPicker(node) {
     return result;
   };
   return { refresh };
+}
+
+let presetsFetch = null;
+let presetsFetchedAt = 0;
+// The presets route re-reads the user's file when it changed; nodes showing a preset ask it at most this often.
+const PRESETS_FRESH_MS = 2000;
+
+async function fetchPresets() {
+  if (!presetsFetch || Date.now() - presetsFetchedAt > PRESETS_FRESH_MS) {
+    presetsFetchedAt = Date.now();
+    presetsFetch = api.fetchApi(PRESETS_ROUTE).then((r) => r.json()).then((body) => body.presets ?? null)
+      .catch(() => null);
+  }
+  return presetsFetch;
+}
+
+/** The view shows the node's preset's texts (and which of the node's own replace them) as they are picked. */
+function attachPresetPreview(node) {
+  if (!liveWidget(node, "preset")) return;
+  let request = 0;
+  const update = async () => {
+    const name = liveWidget(node, "preset")?.value;
+    const mine = ++request;
+    const presets = name && name !== NO_PRESET ? await fetchPresets() : null;
+    if (mine !== request) return; // a newer pick won
+    const own = { prompt: liveWidget(node, "prompt")?.value ?? "", system_prompt:
+      liveWidget(node, "system_prompt")?.value ?? "" };
+    node.lmstudioStreamView?.showPreset(presetPreview(name, presets, own));
+  };
+  for (const name of ["preset", "prompt", "system_prompt"]) {
+    const widget = liveWidget(node, name);
+    const previous = widget?.callback;
+    if (widget) {
+      widget.callback = function (...args) {
+        const result = previous?.apply(this, args);
+        update();
+        return result;
+      };
+    }
+  }
+  node.lmstudioPresetPreview = update;
+  setTimeout(update, 0); // a loaded workflow's saved preset, once its values are in
 }
 
 /** At least PROMPT_LINES lines for the prompt box, in the textarea's own font. */
@@ -424,6 +481,7 @@ app.registerExtension({
       this.lmstudioModelPicker = attachModelPicker(this);
       roomForPrompt(this);
       attachView(this);
+      attachPresetPreview(this);
       // After a workflow loads, server_url holds its saved value: list from there.
       setTimeout(() => this.lmstudioModelPicker?.refresh(), 0);
       return result;
@@ -432,6 +490,7 @@ app.registerExtension({
     nodeType.prototype.onConfigure = function (...args) {
       const result = onConfigure?.apply(this, args);
       ensureFirstImageSocket(this, { fresh: false }); // a workflow saved without the socket
+      this.lmstudioPresetPreview?.(); // the saved preset's texts
       return result;
     };
     const onExecuted = nodeType.prototype.onExecuted;

@@ -259,6 +259,7 @@ export function textPatch(rendered, next) {
 // ----------------------------------------------------------------------------------------- model picker
 
 export const PICK_PROMPT = "(pick a model)";
+export const REFRESH_MODELS = "(refresh the list)";
 export const MODELS_ROUTE = "/lmstudio/models";
 
 /** The picker's label for one model of the route's list: loaded and vision-capable ones are marked. */
@@ -276,7 +277,7 @@ export function modelLabel(model) {
 export function pickerOptions(body) {
   const keys = new Map();
   if (body?.error) {
-    return { labels: [`(LM Studio not reachable: refresh to retry)`], keys, error: String(body.error) };
+    return { labels: [`(LM Studio not reachable; refresh the list to retry)`], keys, error: String(body.error) };
   }
   for (const model of body?.models ?? []) keys.set(modelLabel(model), model.key);
   if (!keys.size) return { labels: ["(no models found)"], keys, error: null };
@@ -292,6 +293,44 @@ export function pickerValue(options, modelId) {
 /** The route URL for a node's server_url. */
 export function modelsRoute(serverUrl) {
   return `${MODELS_ROUTE}?server_url=${encodeURIComponent(serverUrl ?? "")}`;
+}
+
+// ----------------------------------------------------------------------------------------------- presets
+
+export const PRESETS_ROUTE = "/lmstudio/presets";
+export const NO_PRESET = "none";
+
+function clipped(text, most = 160) {
+  const flat = text.trim().replace(/\s+/g, " ");
+  return flat.length > most ? `${flat.slice(0, most - 1)}…` : flat;
+}
+
+/**
+ * What the node says about its preset before a run: which texts the preset gives and which the node's own replace
+ * (a preset fills only what the node leaves empty), or that the preset is gone. `presets` is the route's
+ * `presets` (name -> {system_prompt, prompt, json_schema}); `own` the node's {prompt, system_prompt}. Text only.
+ */
+export function presetPreview(name, presets, own) {
+  if (!name || name === NO_PRESET || !presets) return "";
+  const preset = presets[name];
+  if (!preset) return `Preset "${name}" no longer exists: this node's own prompts run. Pick another, or none.`;
+  const lines = [`Preset "${name}"`];
+  const part = (label, text, mine) => {
+    if (!text?.trim()) return;
+    lines.push(mine?.trim() ? `${label}: this node's own (the preset's is not used)` : `${label}: ${clipped(text)}`);
+  };
+  part("system prompt", preset.system_prompt, own?.system_prompt);
+  part("prompt", preset.prompt, own?.prompt);
+  if (preset.json_schema?.trim()) {
+    let fields = "";
+    try {
+      fields = Object.keys(JSON.parse(preset.json_schema).properties ?? {}).join(", ");
+    } catch {
+      fields = "";
+    }
+    lines.push(`JSON answer${fields ? `: ${fields}` : ""} (SDK, OpenAI-compatible; unless the options set a schema)`);
+  }
+  return lines.join("\n");
 }
 
 // ----------------------------------------------------------------------------------------- old workflows

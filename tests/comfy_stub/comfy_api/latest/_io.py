@@ -165,6 +165,14 @@ class Image:
         io_type = "IMAGE"
 
 
+class Video:
+    class Input(Input):
+        io_type = "VIDEO"
+
+    class Output(Output):
+        io_type = "VIDEO"
+
+
 class Autogrow:
     """0.8.0's dynamic sockets (`_io.py:897-980`): the node gets the linked ones as a dict, name -> value, and
     `check_lazy_status` gets (value, flat input key) pairs, None for a value not evaluated yet."""
