@@ -273,9 +273,8 @@ class LMStudioStreamChat(io.ComfyNode):
 
     @classmethod
     def check_lazy_status(cls, image=None, more_images=None, video=None, **kwargs) -> list[str]:
-        linked = [name for name, value in (("image", image), ("video", video))
+        needed = [name for name, value in (("image", image), ("video", video))
                   if value is None and input_linked(cls.hidden.prompt, str(cls.hidden.unique_id), name)]
-        needed = linked
         # ComfyUI hands each linked further image as (value, its input's key) here, None while not evaluated; 0.33.0
         # hands the group itself that way too when nothing is linked to it: ({}, "more_images").
         if isinstance(more_images, tuple):

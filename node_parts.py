@@ -63,14 +63,16 @@ def apply_preset(name: str, prompt: str, system_prompt: str, options: ChatOption
     should say about it (a preset that is gone, a JSON schema the mode cannot send)."""
     resolved = resolve(name, presets(), prompt=prompt, system_prompt=system_prompt, json_schema=options.json_schema)
     notices = [resolved.notice] if resolved.notice else []
-    schema = resolved.json_schema
+    schema, system_prompt = resolved.json_schema, resolved.system_prompt
     if schema != options.json_schema and mode is ConnectionMode.REST:
-        # A preset's schema is a help where the mode can check it, never a reason to fail in one that cannot.
+        # A preset's schema is a help where the mode can check it, never a reason to fail in one that cannot: there
+        # the model is asked for it in words.
         notices.append(f"Preset '{name}' asks for JSON that follows its schema, which the REST API mode cannot "
-                       "check (it has no structured output): the answer is not checked. Use SDK or OpenAI-compatible "
-                       "for a checked answer.")
+                       "enforce (it has no structured output): the schema is in the system prompt, and the answer is "
+                       "not checked. Use SDK or OpenAI-compatible for a checked answer.")
+        system_prompt = f"{system_prompt}\n\nAnswer with only a JSON object that follows this JSON Schema:\n{schema}"
         schema = options.json_schema
-    return resolved.prompt, resolved.system_prompt, dataclasses.replace(options, json_schema=schema), notices
+    return resolved.prompt, system_prompt, dataclasses.replace(options, json_schema=schema), notices
 
 
 def free_comfy_vram(channel: ItemChannel) -> None:

@@ -93,7 +93,8 @@ async def test_a_presets_schema_is_sent_where_the_mode_checks_it_and_named_where
     assert json.loads(text)["positive"] == "x"
     text, _, _ = (await run(lmstudio.url, "REST API", prompt="", preset=PARTS.name)).args[:3]
     assert not text.startswith("Error")  # not a failure: the answer is just not checked
-    assert any("cannot check" in n and PARTS.name in n for n in notices())
+    assert chat_body(lmstudio)["system_prompt"].endswith(f"follows this JSON Schema:\n{PARTS.json_schema}")
+    assert any("cannot enforce" in n and PARTS.name in n for n in notices())
 
 
 async def test_a_saved_workflow_whose_preset_is_gone_runs_with_its_own_prompts_and_says_so(lmstudio, comfy):

@@ -361,7 +361,9 @@ async def test_llama_server_reads_the_reasoning_setting_as_the_pack_sends_it(thi
 
 
 async def test_thinking_off_runs_on_llama_server_through_the_node(thinking_server_url, comfy):
-    text, _, stats = (await run(thinking_server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=24,
+    # llama-server takes the request whole (a field it refused would be an HTTP 400). What the tiny model writes
+    # after a closed thinking block is its own affair (often nothing): the answer's text is not asserted.
+    text, reasoning, stats = (await run(thinking_server_url, "OpenAI-compatible", model_id=ALIAS, max_tokens=24,
                                         reasoning="off")).args[:3]
-    assert text and not text.startswith("Error") and "mode: OpenAI-compatible" in stats
-    assert not [c for k, c in events() if k == "notice"]  # nothing named unsent: the mode carries it
+    assert not text.startswith("Error") and reasoning == "" and "stop: " in stats and "mode: OpenAI-compatible" in stats
+    assert not [c for k, c in events() if k in ("notice", "error")]  # nothing named unsent: the mode carries it
