@@ -44,7 +44,6 @@ from .options_node import (
     ON_ERROR_RAISE,
     OPTIONS_TYPE,
     UNLOAD,
-    UNLOAD_WHEN_IDLE,
     ChatOptions,
     newer_schema_fields,
     request_settings,
@@ -59,8 +58,8 @@ log = logging.getLogger("lmstudio_stream")
 DEFAULT_PROMPT = ("Write a caption for this image for training an image model: one paragraph that says what is in "
                   "the picture, its setting, composition, lighting and style. Plain text, no preamble.")
 # Images read ahead of the server (at least this many, or twice its slots): enough to keep every slot busy while the
-# next ones are read, few enough that memory stays flat (each is at most max_image_side: a JPEG of a few hundred kB,
-# or a PNG sent as it is of a few MB).
+# next ones are read, few enough that memory stays flat (each is at most max_image_side, and at most
+# `folder_images.AS_IS_MAX_BYTES` when sent as it is on disk: a few hundred kB).
 READ_AHEAD_MIN = 16
 
 
@@ -194,7 +193,6 @@ class LMStudioCaptionFolder(io.ComfyNode):
         base = ChatRequest(
             prompt=prompt, server_url=server_url, mode=mode, model=model_id.strip(),
             system_prompt=system_prompt, temperature=temperature, max_tokens=max_tokens, reasoning=options.reasoning,
-            ttl_seconds=options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
             api_token=api_token_from_env(), **request_settings(options),
         )
         node_id = str(cls.hidden.unique_id)
@@ -312,8 +310,8 @@ async def _answer(request: ChatRequest, options: ChatOptions, channel: ItemChann
     answer = Answer("".join(relay.text).strip(), "".join(relay.reasoning),
                     relay.stats or Stats(mode=request.mode.value), relay.response_id)
     if not answer.text:
-        raise LMStudioError("The model gave an empty answer (with reasoning only, max_tokens may be too small): "
-                            "no caption written.")
+        # One that only reasoned failed before this, with what to change (`chat.no_answer`).
+        raise LMStudioError("The model gave an empty answer: no caption written.")
     if store is not None:
         await store.keep(request, answer)
     return answer, False

@@ -54,10 +54,11 @@ async def stream_chat(request: ChatRequest) -> AsyncGenerator[StreamEvent, None]
             elif isinstance(event, ReasoningDelta):
                 reasoned = reasoned or bool(event.text.strip())
             elif isinstance(event, Finished):
-                if (error := no_answer("".join(answer), reasoned, event.stats, request.max_tokens)) is not None:
+                text = "".join(answer)
+                if (error := no_answer(text, reasoned, event.stats, request.max_tokens)) is not None:
                     raise error
                 if request.json_schema is not None:
-                    check_answer("".join(answer), request.json_schema)
+                    check_answer(text, request.json_schema)
             yield event
 
 

@@ -1,4 +1,4 @@
-"""The folder captioner's disk side: which images a folder holds, one image read as JPEG bytes, a caption written
+"""The folder captioner's disk side: which images a folder holds, one image read as bytes to send, a caption written
 beside it. No ComfyUI imports.
 
 Only ever one image is in memory per item in flight, read when its turn comes, so a folder of any size costs the
@@ -61,7 +61,7 @@ def parse_extensions(text: str) -> frozenset[str]:
 def caption_suffix(text: str) -> str:
     """'txt' or '.txt' -> '.txt'; an empty or path-like extension is refused."""
     suffix = "." + (text or "").strip().lstrip(".")
-    if suffix == "." or any(char in suffix for char in "/\\:") or suffix in (".", ".."):
+    if suffix in (".", "..") or any(char in suffix for char in "/\\:"):
         raise LMStudioError(f"Not a caption extension: {text!r}. Use one like txt or caption.")
     return suffix.lower()
 

@@ -47,7 +47,6 @@ from .options_node import (
     ON_ERROR_RAISE,
     OPTIONS_TYPE,
     UNLOAD,
-    UNLOAD_WHEN_IDLE,
     ChatOptions,
     LMStudioChatOptions,
     newer_schema_fields,
@@ -339,7 +338,6 @@ class LMStudioStreamChat(io.ComfyNode):
                 max_tokens=max_tokens,
                 reasoning=options.reasoning,
                 seed=seed,
-                ttl_seconds=options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
                 api_token=api_token_from_env(),
                 **request_settings(options),
             )

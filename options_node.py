@@ -63,6 +63,7 @@ def request_settings(options: ChatOptions) -> dict[str, Any]:
     """The ChatRequest fields the options set; a setting left at its default is None (nothing sent). A json_schema
     that is not a JSON Schema is refused here, before anything is sent."""
     return {
+        "ttl_seconds": options.idle_ttl_minutes * 60 if options.after_run == UNLOAD_WHEN_IDLE else None,
         "json_schema": parse_schema(options.json_schema),
         "top_p": None if options.top_p < 0 else options.top_p,
         "top_k": None if options.top_k < 0 else options.top_k,

@@ -164,6 +164,9 @@ async def idle(server) -> None:
 async def keep_picture(page: Chromium, name: str) -> None:
     if folder := os.environ.get("FRONTEND_SCREENSHOTS"):
         Path(folder).mkdir(parents=True, exist_ok=True)
+        # Classic nodes draw widget values on the canvas only when it is redrawn: values the test set through the
+        # widgets (as no person does) would show stale in the picture otherwise.
+        await page.evaluate("(async () => { app.canvas.setDirty(true, true); await T.frames(2); })()")
         await page.screenshot(Path(folder) / f"{page.label}-{name}.png")
 
 
