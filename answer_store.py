@@ -108,17 +108,21 @@ class AnswerStore:
         # LM Studio's slots in that order (and the event loop never waits for the disk).
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="lmstudio-answers")
 
-    async def lookup(self, request: ChatRequest) -> Answer | None:
-        """`get` off the event loop, in the order asked."""
-        return await asyncio.get_running_loop().run_in_executor(self._worker, self.get, request)
+    async def lookup(self, request: ChatRequest) -> tuple[str, Answer | None]:
+        """The request's key (for `keep`) and `get` of it, off the event loop, in the order asked. (The key is made
+        once a request: it hashes the images, a few ms for a large one.)"""
+        return await asyncio.get_running_loop().run_in_executor(self._worker, self._lookup, request)
 
-    async def keep(self, request: ChatRequest, answer: Answer) -> None:
+    async def keep(self, key: str, answer: Answer) -> None:
         """`put` off the event loop."""
-        await asyncio.get_running_loop().run_in_executor(self._worker, self.put, request, answer)
+        await asyncio.get_running_loop().run_in_executor(self._worker, self.put, key, answer)
 
-    def get(self, request: ChatRequest) -> Answer | None:
-        """The stored answer to this exact request, or None; a hit counts as a use (it is kept longer)."""
+    def _lookup(self, request: ChatRequest) -> tuple[str, Answer | None]:
         key = request_key(request)
+        return key, self.get(key)
+
+    def get(self, key: str) -> Answer | None:
+        """The stored answer to the request of this `request_key`, or None; a hit counts as a use (kept longer)."""
         try:
             db = self._connection()
             row = db.execute("SELECT answer FROM answers WHERE key = ?", (key,)).fetchone()
@@ -135,13 +139,13 @@ class AnswerStore:
             self._unusable(exc)
             return None
 
-    def put(self, request: ChatRequest, answer: Answer) -> None:
+    def put(self, key: str, answer: Answer) -> None:
         """Keep a finished answer; the least recently used go once the file holds more than `max_bytes`."""
         data = _encode(answer)
         try:
             db = self._connection()
             db.execute("INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?)",
-                       (request_key(request), time.time(), len(data), data))
+                       (key, time.time(), len(data), data))
             self._trim(db)
         except (sqlite3.Error, OSError) as exc:
             self._unusable(exc)

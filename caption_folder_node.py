@@ -23,9 +23,11 @@ import folder_paths
 from comfy_api.latest import io
 
 from .answer_store import Answer
-from .chat import ChatRequest, ConnectionMode, LMStudioError, Stats, api_token_from_env, unsent_settings
+from .chat import ChatRequest, ConnectionMode, Failure, LMStudioError, Stats, api_token_from_env, unsent_settings
 from .client import parallel_slots
 from .folder_images import (
+    AS_IS_MAX_BYTES,
+    CAPPED_AS_IS_BYTES,
     DEFAULT_EXTENSIONS,
     FolderImage,
     SkippedImage,
@@ -59,7 +61,7 @@ DEFAULT_PROMPT = ("Write a caption for this image for training an image model: o
                   "the picture, its setting, composition, lighting and style. Plain text, no preamble.")
 # Images read ahead of the server (at least this many, or twice its slots): enough to keep every slot busy while the
 # next ones are read, few enough that memory stays flat (each is at most max_image_side, and at most
-# `folder_images.AS_IS_MAX_BYTES` when sent as it is on disk: a few hundred kB).
+# `folder_images.AS_IS_MAX_BYTES` when sent as it is on disk: 2-3 MB for a 1024 x 1024 PNG, 8 MB at worst).
 READ_AHEAD_MIN = 16
 
 
@@ -78,6 +80,7 @@ class FolderRun:
     notes: list[tuple[str, str]] = field(default_factory=list)  # (image, what was done: "first of 12 frames")
     shown: dict[int, dict] = field(default_factory=dict)  # index -> the view's entry for the image (its `ui`)
     model: str = ""  # the model that answered, for after_run = unload
+    as_is_bytes: int = AS_IS_MAX_BYTES  # lowered once a server refuses an image as too large (`_ask`)
 
     def report(self, stopped: bool = False) -> str:
         seconds = max(time.monotonic() - self.started_at, 1e-6)
@@ -255,15 +258,13 @@ async def _caption_one(index: int, image: FolderImage, base: ChatRequest, option
     name = image.name(done.root)
     channel.send("status", name)
     try:
-        data, note = await asyncio.to_thread(read_image, image.image, max_side=options.max_image_side,
-                                             quality=options.jpeg_quality)
+        data, note = await _read(image, options, done.as_is_bytes)
         if note:
             done.notes.append((name, note))
-        request = dataclasses.replace(base, images=(data,))
         if index == 0:
-            for sentence in unsent_settings(request):
+            for sentence in unsent_settings(base):
                 channel.notice(sentence, sentence)
-        answer, resumed = await _answer(request, options, channel)
+        answer, resumed = await _ask(image, data, base, options, channel, done)
         written = await _write(image, answer.text, overwrite)
     except SkippedImage as exc:
         done.skipped.append((name, str(exc)))
@@ -297,10 +298,35 @@ async def _caption_one(index: int, image: FolderImage, base: ChatRequest, option
     _finish(channel, DONE)
 
 
+async def _read(image: FolderImage, options: ChatOptions, as_is_bytes: int) -> tuple[bytes, str]:
+    return await asyncio.to_thread(read_image, image.image, max_side=options.max_image_side,
+                                   quality=options.jpeg_quality, as_is_bytes=as_is_bytes)
+
+
+async def _ask(image: FolderImage, data: bytes, base: ChatRequest, options: ChatOptions, channel: ItemChannel,
+               done: FolderRun) -> tuple[Answer, bool]:
+    """`_answer` for the image as read; one that a server (or a proxy before it) refused as too large goes once more
+    as the smaller JPEG that files over `CAPPED_AS_IS_BYTES` are made into, and so do the images after it."""
+    try:
+        return await _answer(dataclasses.replace(base, images=(data,)), options, channel)
+    except LMStudioError as exc:
+        if exc.kind is not Failure.TOO_LARGE:
+            raise
+        refused = exc
+    done.as_is_bytes = CAPPED_AS_IS_BYTES
+    smaller, _ = await _read(image, options, CAPPED_AS_IS_BYTES)
+    if len(smaller) >= len(data):
+        raise refused
+    done.notes.append((image.name(done.root), f"refused as too large ({len(data):,} bytes; HTTP 413): sent as a JPEG "
+                       f"of {len(smaller):,} bytes, as are the later images over {CAPPED_AS_IS_BYTES:,} bytes"))
+    return await _answer(dataclasses.replace(base, images=(smaller,)), options, channel)
+
+
 async def _answer(request: ChatRequest, options: ChatOptions, channel: ItemChannel) -> tuple[Answer, bool]:
     """The answer kept from an earlier run of this very request (and True), or a new one, streamed onto the node."""
     store = answer_store() if options.resume else None
-    if store is not None and (kept := await store.lookup(request)) is not None:
+    key, kept = await store.lookup(request) if store is not None else ("", None)
+    if kept is not None:
         channel.send("text", kept.text)
         return kept, True
     if options.free_comfy_vram:
@@ -313,7 +339,7 @@ async def _answer(request: ChatRequest, options: ChatOptions, channel: ItemChann
         # One that only reasoned failed before this, with what to change (`chat.no_answer`).
         raise LMStudioError("The model gave an empty answer: no caption written.")
     if store is not None:
-        await store.keep(request, answer)
+        await store.keep(key, answer)
     return answer, False
 
 

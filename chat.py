@@ -225,6 +225,7 @@ class Failure(str, Enum):
     TRANSIENT = "transient"  # a dropped stream, a server error: worth one more try
     BUSY = "busy"  # the server (or a router in front of it) pushed back: wait, then ask again
     UNREACHABLE = "unreachable"  # nothing answered: worth waiting for only while the server was answering others
+    TOO_LARGE = "too_large"  # the request was refused for its size (HTTP 413): the same fails again, a smaller may not
 
 
 class LMStudioError(Exception):
@@ -456,6 +457,14 @@ def server_busy(who: str, detail: str, retry_after: float | None, answer: str = 
     return LMStudioError(f"{who} is busy ({said}{detail[:200]})", kind=Failure.BUSY, retry_after=retry_after)
 
 
+def too_large(who: str, url: str, detail: str) -> LMStudioError:
+    said = f": {detail[:200]}" if detail else ""
+    return LMStudioError(
+        f"{who} refused the request as too large (HTTP 413 from {url}{said}). A proxy in front of the server may cap "
+        "request bodies (nginx's client_max_body_size is 1 MB unless set): raise its limit, or lower max_image_side "
+        "in LM Studio Chat Options so that images go as smaller JPEGs.", kind=Failure.TOO_LARGE)
+
+
 def http_error(
     status: int, body: Any, url: str, model: str, who: str = LMSTUDIO, *, images: bool = False,
     retry_after: float | None = None, token_sent: bool = True,
@@ -467,6 +476,8 @@ def http_error(
     if "no connected db" in message.lower():  # LiteLLM's proxy without a database: any key but its master key
         return auth_required(f"it refused the key sent (\"{message}\": a LiteLLM proxy without a database takes only "
                              "its master key).", who)
+    if status == 413:  # before the web page check: nginx answers it with one
+        return too_large(who, url, "" if is_web_page(body) else message)
     if is_busy(status, f"{message} {code}"):
         return server_busy(who, message or code, retry_after, f"HTTP {status} from {url}")
     if code == "model_not_found" or (status == 404 and "model" in message.lower()):

@@ -84,31 +84,37 @@ def find_images(root: Path, extensions: frozenset[str], caption: str, *, recursi
     return found
 
 
-# Files every vision server takes as they are. One that needs no change is sent as it is on disk: decoding a 1024 x
-# 1024 PNG alone costs ~27 ms of ComfyUI's CPU, re-encoding it as JPEG ~6 ms more. Not WebP: LM Studio 0.4.9 refuses
-# a WebP data URI (lmstudio-bug-tracker#1752), so WebP is decoded and sent as JPEG.
+# Files every vision server takes as they are. One that needs no change is sent as it is on disk: the server decodes
+# an image anyway, and decoding a 1024 x 1024 PNG here costs ~25 ms of ComfyUI's CPU (inflating 3 MB), more than all
+# the rest the pack does for an image; re-encoding it as JPEG ~5 ms more. Not WebP: LM Studio 0.4.9 refuses a WebP data
+# URI (lmstudio-bug-tracker#1752), so WebP is decoded and sent as JPEG.
 AS_IS_FORMATS = ("JPEG", "PNG")
-# ... and small enough: base64 makes a file 4/3 larger, and many servers and proxies refuse a request body over 1 MB
-# (nginx's and aiohttp's defaults). A 1024 x 1024 JPEG fits; a PNG of that size (2-3 MB) is decoded and sent as JPEG.
-AS_IS_MAX_BYTES = 700_000
+# ... up to this size: a 1024 x 1024 PNG is at most ~3 MB. A larger file is a large image (max_image_side 0 keeps the
+# size), which JPEG makes several times smaller, and a few of them read ahead must not fill memory.
+AS_IS_MAX_BYTES = 8 * 1024 * 1024
+# Where a server, or a proxy in front of it, refused a request as too large (HTTP 413): many cap a body at 1 MB
+# (nginx's and aiohttp's defaults), and base64 makes a file 4/3 larger. A 1024 x 1024 JPEG at quality 90 fits.
+CAPPED_AS_IS_BYTES = 700_000
 ORIENTATION = 0x0112  # the EXIF tag; 1 (or none) is upright
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def read_image(path: Path, *, max_side: int, quality: int) -> tuple[bytes, str]:
+def read_image(path: Path, *, max_side: int, quality: int, as_is_bytes: int = AS_IS_MAX_BYTES) -> tuple[bytes, str]:
     """One image file as bytes to send, and a note on what was done to it ('' when nothing worth saying).
 
-    A JPEG or PNG that is upright, opaque, 8-bit, no larger than `max_side` and under `AS_IS_MAX_BYTES` goes as it
-    is; anything else is made so (EXIF orientation applied, shrunk to `max_side`, transparency onto white) and sent
-    as JPEG. Raises `SkippedImage` with the reason for a file that cannot be read.
+    A JPEG or PNG that is upright, opaque, 8-bit, no larger than `max_side` and no larger than `as_is_bytes` goes as
+    it is (a PNG without its metadata chunks); anything else is made so (EXIF orientation applied, shrunk to
+    `max_side`, transparency onto white) and sent as JPEG. Raises `SkippedImage` with the reason for a file that
+    cannot be read.
     """
     try:
         with Image.open(path) as opened:
             if opened.width * opened.height > MAX_PIXELS:
                 raise SkippedImage(f"too large ({opened.width} x {opened.height} pixels; at most {MAX_PIXELS:,})")
             frames = getattr(opened, "n_frames", 1)
-            if frames == 1 and _sendable_as_is(opened, max_side) and path.stat().st_size <= AS_IS_MAX_BYTES:
-                data = path.read_bytes()
-                if _whole(data, opened.format):
+            if frames == 1 and _sendable_as_is(opened, max_side) and path.stat().st_size <= as_is_bytes:
+                data = _as_sent(path.read_bytes(), opened.format)
+                if data is not None:
                     return data, ""
             image = next(iter(ImageSequence.Iterator(opened))) if frames > 1 else opened
             note = f"first of {frames} frames" if frames > 1 else ""
@@ -129,17 +135,46 @@ def read_image(path: Path, *, max_side: int, quality: int) -> tuple[bytes, str]:
 
 def _sendable_as_is(image: Image.Image, max_side: int) -> bool:
     """Whether the file needs no change: a format servers take, upright, opaque 8-bit RGB or grey, small enough.
-    Only the header is read; the file is checked whole (decoded) only when it is changed."""
+    Only the header is read; the file is checked whole (decoded) only when it is changed. (A PNG's EXIF is looked for
+    by `png_pixels_only`: Pillow decodes the whole image to find it.)"""
     return (image.format in AS_IS_FORMATS and image.mode in ("RGB", "L") and "transparency" not in image.info
             and (max_side <= 0 or max(image.size) <= max_side)
-            and image.getexif().get(ORIENTATION, 1) == 1)
+            and (image.format == "PNG" or image.getexif().get(ORIENTATION, 1) == 1))
 
 
-def _whole(data: bytes, format_name: str | None) -> bool:
-    """Whether a file sent as it is ends as its format ends (a truncated one is decoded instead, and named)."""
+def _as_sent(data: bytes, format_name: str | None) -> bytes | None:
+    """The file's bytes as they are sent, or None where it must be decoded instead (a truncated file, which decoding
+    then names; a PNG of 16 bits a channel, which Pillow reports as RGB)."""
     if format_name == "PNG":
-        return data.endswith(b"IEND\xaeB`\x82")
-    return b"\xff\xd9" in data[-4096:]  # JPEG's end-of-image marker (some cameras append a few bytes after it)
+        return png_pixels_only(data)
+    return data if b"\xff\xd9" in data[-4096:] else None  # JPEG's end of image (some cameras append a few bytes)
+
+
+def png_pixels_only(data: bytes) -> bytes | None:
+    """An 8-bit PNG without its ancillary chunks (text, time, colour hints): what a server draws is the same, and a PNG
+    that ComfyUI saved carries its whole workflow and prompt as text, often hundreds of kB. None for a PNG that is not
+    whole and well-formed, not 8 bits a sample, or has EXIF (which may turn it: decoding applies that)."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept: list[memoryview] = []
+    view, position = memoryview(data), len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        end = position + 12 + length
+        if end > len(data):
+            return None
+        if kind == b"IHDR" and (length != 13 or data[position + 16] != 8):
+            return None  # bit depth, the first byte after width and height
+        if kind == b"eXIf":
+            return None
+        if not kind[0] & 0x20:  # an upper case first letter: critical (IHDR, PLTE, IDAT, IEND), the rest ancillary
+            kept.append(view[position:end])
+        if kind == b"IEND":
+            whole = sum(len(chunk) for chunk in kept) + len(PNG_SIGNATURE) == len(data)
+            return data if whole else PNG_SIGNATURE + b"".join(kept)
+        position = end
+    return None
 
 
 def _eight_bit(image: Image.Image) -> Image.Image:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import secrets
 import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -37,7 +38,7 @@ from .chat import (
     stream_dropped,
 )
 from .sse import SSEEvent, SSEParser
-from .utils import normalize_server_url
+from .utils import DataUri, normalize_server_url
 
 # A quick look at a server while explaining an error or planning a list: it must never hold up the run for long.
 PROBE_SECONDS = 2.0
@@ -66,6 +67,29 @@ def _headers(request: ChatRequest) -> dict[str, str]:
     return headers
 
 
+def json_body(payload: Any) -> bytes:
+    """`payload` as JSON (ASCII, as aiohttp sends it), every `DataUri` in it as its URI string (see `DataUri`)."""
+    uris: list[DataUri] = []
+    marker = secrets.token_hex(16)  # unguessable: a prompt cannot contain it by chance or on purpose
+
+    def swap(value: Any) -> Any:
+        if isinstance(value, DataUri):
+            uris.append(value)
+            return f"{marker}{len(uris) - 1}{marker}"
+        if isinstance(value, dict):
+            return {key: swap(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [swap(item) for item in value]
+        return value
+
+    pieces = json.dumps(swap(payload)).encode("ascii").split(marker.encode("ascii"))
+    # pieces alternate: JSON, an index, JSON, an index, ..., JSON; each index becomes its URI's two pieces
+    spliced: list[bytes] = [pieces[0]]
+    for index, after in zip(pieces[1::2], pieces[2::2], strict=True):
+        spliced += [*uris[int(index)].pieces(), after]
+    return b"".join(spliced)
+
+
 async def read_body(response: aiohttp.ClientResponse) -> Any:
     text = await response.text(errors="replace")
     try:
@@ -89,10 +113,13 @@ def transport_error(exc: BaseException, url: str, received_chars: int, who: str 
     return LMStudioError(f"{who}: the request to {url} failed: {exc}", kind=Failure.TRANSIENT)
 
 
-async def open_request(session: aiohttp.ClientSession, method: str, url: str, request: ChatRequest, **kwargs: Any):
+async def open_request(
+    session: aiohttp.ClientSession, method: str, url: str, request: ChatRequest, *,
+    headers: dict[str, str] | None = None, **kwargs: Any,
+):
     """Send a request; a failure to connect becomes the connection-failed message naming `url`."""
     try:
-        return await session.request(method, url, headers=_headers(request), **kwargs)
+        return await session.request(method, url, headers=_headers(request) | (headers or {}), **kwargs)
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
         raise connect_error(exc, url) from exc
 
@@ -121,7 +148,8 @@ async def sse_events(
     session: aiohttp.ClientSession, base: str, url: str, payload: dict[str, Any], request: ChatRequest
 ) -> AsyncGenerator[SSEEvent, None]:
     """POST `payload` and yield the Server-Sent Events of the answer; an error answer becomes a human message."""
-    async with await open_request(session, "POST", url, request, json=payload) as response:
+    body, content_type = json_body(payload), {"Content-Type": "application/json"}
+    async with await open_request(session, "POST", url, request, data=body, headers=content_type) as response:
         if response.status >= 400:
             body = await read_body(response)
             who = await identify(session, base)

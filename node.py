@@ -347,8 +347,9 @@ class LMStudioStreamChat(io.ComfyNode):
                 log.info("LM Studio request from node %s, item %d: %s", channel.node_id, channel.index,
                          request.describe())
             store = answer_store() if options.resume else None
-            if store is not None and (answer := await store.lookup(request)) is not None:
-                return await _resumed(answer, channel, _turned(chat, request, answer))
+            key, kept = await store.lookup(request) if store is not None else ("", None)
+            if kept is not None:
+                return await _resumed(kept, channel, _turned(chat, request, kept))
             if options.free_comfy_vram:
                 free_comfy_vram(channel)
             await stream_item(request, options.max_parallel, options.busy_wait_seconds, relay, channel)
@@ -363,7 +364,7 @@ class LMStudioStreamChat(io.ComfyNode):
         answer = Answer("".join(relay.text), "".join(relay.reasoning), relay.stats or Stats(mode=connection_mode),
                         relay.response_id)
         if store is not None:
-            await store.keep(request, answer)
+            await store.keep(key, answer)
         summary = answer.stats.summary()
         channel.send("stats", summary)
         # VRAM is handed back once, after the list's last answer.

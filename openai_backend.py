@@ -25,7 +25,7 @@ from .chat import (
 )
 from .http_common import IncompleteStream, drain, identify, parse_json, resolve_model, sse_events, stream_dialect
 from .sse import ThinkSplitter
-from .utils import image_data_uri
+from .utils import DataUri
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -34,7 +34,7 @@ def user_message(prompt: str, images: tuple[bytes, ...]) -> dict[str, Any]:
     if not images:
         return {"role": "user", "content": prompt}
     parts: list[dict[str, Any]] = [{"type": "text", "text": prompt}]
-    parts += [{"type": "image_url", "image_url": {"url": image_data_uri(data)}} for data in images]
+    parts += [{"type": "image_url", "image_url": {"url": DataUri(data)}} for data in images]
     return {"role": "user", "content": parts}
 
 

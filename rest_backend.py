@@ -31,7 +31,7 @@ from .http_common import (
     sse_events,
     stream_dialect,
 )
-from .utils import image_data_uri
+from .utils import DataUri
 
 ENDPOINT = "/api/v1/chat"
 
@@ -41,7 +41,7 @@ def rest_payload(request: ChatRequest, model: str) -> dict[str, Any]:
     (`previous_response_id`): the native API takes no earlier answers."""
     if request.images:
         items = [{"type": "text", "content": request.prompt}]
-        items += [{"type": "image", "data_url": image_data_uri(data)} for data in request.images]
+        items += [{"type": "image", "data_url": DataUri(data)} for data in request.images]
         chat_input: str | list[dict[str, str]] = items
     else:
         chat_input = request.prompt

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -118,5 +119,17 @@ def image_type(data: bytes) -> tuple[str, str]:
     return "image/jpeg", ".jpg"
 
 
-def image_data_uri(data: bytes) -> str:
-    return f"data:{image_type(data)[0]};base64," + base64.b64encode(data).decode("ascii")
+@dataclass(frozen=True)
+class DataUri:
+    """An image that goes into a JSON request body as a data URI. `http_common.json_body` writes its base64 straight
+    into the body: as a string in the payload it would be copied several times and scanned by the JSON encoder
+    character by character, ~10 ms of ComfyUI's CPU for a 1024 x 1024 PNG."""
+
+    data: bytes
+
+    def pieces(self) -> tuple[bytes, bytes]:
+        """The URI as ASCII, in two pieces: its head and the image's base64."""
+        return f"data:{image_type(self.data)[0]};base64,".encode("ascii"), base64.b64encode(self.data)
+
+    def __str__(self) -> str:
+        return b"".join(self.pieces()).decode("ascii")

@@ -36,7 +36,7 @@ def bare(images: torch.Tensor) -> str:
 
 
 def ours(images: torch.Tensor) -> str:
-    return utils.image_data_uri(utils.encode_images(images)[0])
+    return str(utils.DataUri(utils.encode_images(images)[0]))
 
 
 def median_seconds(fn, images, rounds: int) -> float:

@@ -21,6 +21,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 MODEL = "qwen/qwen3-vl-4b"
+# LM Studio takes request bodies and SDK messages far larger than aiohttp's 1 MB and 4 MB defaults: a 1024 x 1024 PNG
+# alone is 3-4 MB as base64.
+LARGEST_BODY = 64 * 1024 * 1024
+# What nginx answers a body over its client_max_body_size (1 MB unless set): a web page, no JSON.
+NGINX_413 = ("<html>\r\n<head><title>413 Request Entity Too Large</title></head>\r\n<body>\r\n<center><h1>413 "
+             "Request Entity Too Large</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 
 
 def rest_script(
@@ -162,6 +168,10 @@ class FakeLMStudio:
     requests: list[Recorded] = field(default_factory=list)
     predictions: list[str] = field(default_factory=list)  # the prompt of every prediction asked for, every dialect
     disconnected: asyncio.Event = field(default_factory=asyncio.Event)
+    # A proxy in front (nginx and its client_max_body_size) that refuses a larger request body with HTTP 413, before
+    # it reaches the server; `too_large` counts the refusals.
+    max_body: int | None = None
+    too_large: int = 0
     # SDK (websocket) side
     sdk: FakeSDK = field(default_factory=lambda: FakeSDK())
 
@@ -169,7 +179,7 @@ class FakeLMStudio:
         self._slots = asyncio.Semaphore(self.parallel)
         self.sdk.slot = self.slot
         self.sdk.owner = self
-        app = web.Application()
+        app = web.Application(client_max_size=LARGEST_BODY)
         app.on_shutdown.append(self.sdk.drop_all)  # LM Studio quitting drops its websockets at once
         if not self.lmstudio:
             app.router.add_post("/v1/chat/completions", self._openai_chat)
@@ -188,6 +198,10 @@ class FakeLMStudio:
         return [r for r in self.requests if r.method == "POST"]
 
     async def _record(self, request: web.Request) -> None:
+        if self.max_body is not None and (request.content_length or 0) > self.max_body:
+            self.too_large += 1
+            raise web.HTTPRequestEntityTooLarge(self.max_body, request.content_length or 0, text=NGINX_413,
+                                                content_type="text/html")
         body = await request.json() if request.can_read_body else None
         self.requests.append(Recorded(request.method, request.path, body, dict(request.headers)))
 
@@ -515,7 +529,7 @@ class FakeSDK:
         namespace = request.match_info["namespace"]
         if self.refuse_websocket:
             return web.Response(status=403, text="Forbidden")
-        ws = web.WebSocketResponse()
+        ws = web.WebSocketResponse(max_msg_size=LARGEST_BODY)
         await ws.prepare(request)
         self.open_sockets += 1
         self.connections += 1

@@ -4,6 +4,7 @@ stand-in in every mode (the stand-in answers "An image of W x H", so each captio
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import os
 import struct
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from chat_node_helpers import next_prompt
-from fake_lmstudio import MODEL
+from fake_lmstudio import MODEL, images_of
 from lmstudio_pack import caption_folder_node, folder_images
 from lmstudio_pack.caption_folder_node import LMStudioCaptionFolder
 from lmstudio_pack.chat import LMStudioError
@@ -113,16 +114,19 @@ async def test_no_folder_or_no_images_is_a_clear_error_before_anything_is_sent(d
     assert describing.chat_requests() == []
 
 
-def png_16_bit(path: Path, width: int, height: int, value: int) -> None:
-    """A 16-bit greyscale PNG of one value, written by hand (Pillow saves mode I;16 only as 8 bits on some versions)."""
-    raw = b"".join(b"\x00" + struct.pack(">H", value) * width for _ in range(height))
+def png_chunks(path: Path, header: bytes, pixels: bytes) -> None:
+    """A PNG written by hand from its IHDR and its compressed pixels (Pillow cannot save 16 bits a channel)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def png_16_bit(path: Path, width: int, height: int, value: int) -> None:
+    """A 16-bit greyscale PNG of one value."""
+    raw = b"".join(b"\x00" + struct.pack(">H", value) * width for _ in range(height))
+    png_chunks(path, struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0), zlib.compress(raw))
 
 
 async def test_bad_files_are_named_and_skipped_and_odd_ones_captioned(describing, tmp_path, monkeypatch):
@@ -181,6 +185,108 @@ def test_an_image_that_needs_no_change_goes_as_it_is_on_disk(tmp_path, format_na
     Image.new("RGB", (30, 20), "teal").save(tmp_path / "small.webp")  # LM Studio refuses WebP data URIs: JPEG
     with Image.open(io.BytesIO(read_image(tmp_path / "small.webp", max_side=1024, quality=90)[0])) as image:
         assert (image.format, image.size) == ("JPEG", (30, 20))
+
+
+def noise_png(path: Path, side: int, **save) -> None:
+    """A PNG that barely compresses: `side` x `side` of random pixels, about 3 x side² bytes."""
+    Image.frombytes("RGB", (side, side), os.urandom(side * side * 3)).save(path, format="PNG", **save)
+
+
+def test_a_large_png_goes_as_it_is_unless_a_server_refused_one(tmp_path):
+    """A 1024 x 1024 PNG is 2-3 MB; decoding it here would cost more than all else the pack does for an image."""
+    noise_png(tmp_path / "large.png", 600)
+    data, _ = read_image(tmp_path / "large.png", max_side=1024, quality=90)
+    assert data == (tmp_path / "large.png").read_bytes() and len(data) > folder_images.CAPPED_AS_IS_BYTES
+    capped, _ = read_image(tmp_path / "large.png", max_side=1024, quality=90,
+                           as_is_bytes=folder_images.CAPPED_AS_IS_BYTES)
+    with Image.open(io.BytesIO(capped)) as image:
+        assert (image.format, image.size) == ("JPEG", (600, 600)) and len(capped) < len(data)
+
+
+def sent_images(fake) -> list[bytes]:
+    """Every image the stand-in received, in any mode."""
+    uploads = [base64.b64decode(call["parameter"]["contentBase64"]) for call in fake.sdk.sent("rpcCall",
+                                                                                              "uploadFileBase64")]
+    return uploads + [image for request in fake.chat_requests() for image in images_of(request.body)]
+
+
+@MODES
+async def test_large_pngs_go_whole_in_every_mode(describing, tmp_path, mode):
+    for index in range(3):
+        noise_png(tmp_path / f"large_{index}.png", 500 + index)  # 750 kB to 760 kB
+    report, captioned, _ = await caption(describing, tmp_path, mode)
+    assert captioned == 3 and "Note" not in report
+    assert sorted(sent_images(describing)) == sorted(p.read_bytes() for p in tmp_path.glob("*.png"))
+    assert (tmp_path / "large_2.txt").read_text() == "An image of 502 x 502"
+
+
+@pytest.mark.parametrize("mode", ["REST API", "OpenAI-compatible"])
+async def test_an_image_refused_as_too_large_goes_again_as_jpeg_and_so_do_later_ones(describing, tmp_path, mode,
+                                                                                      monkeypatch):
+    """nginx in front of the server refuses a body over 1 MB (its default) with HTTP 413 and a web page."""
+    monkeypatch.setattr(caption_folder_node, "READ_AHEAD_MIN", 1)  # one slot: two images read at a time
+    describing.max_body = 1024 * 1024
+    describing.parallel = 1
+    for index in range(4):
+        noise_png(tmp_path / f"large_{index}.png", 600 + index)  # ~1.1 MB, 1.45 MB as base64
+    images(tmp_path, 2)  # small PNGs: still sent as they are
+    report, captioned, _ = await caption(describing, tmp_path, mode, max_parallel=1)
+    assert captioned == 6
+    assert (tmp_path / "large_3.txt").read_text() == "An image of 603 x 603"
+    # The first two were read before the first refusal; the two read after it went as JPEG at once.
+    assert describing.too_large == 2
+    sent = sent_images(describing)
+    assert sorted(Image.open(io.BytesIO(image)).format for image in sent) == ["JPEG"] * 4 + ["PNG"] * 2
+    assert "large_0.png: refused as too large" in report and "large_1.png: refused as too large" in report
+    assert "sent as a JPEG of" in report and "large_2.png" not in report
+
+
+async def test_an_image_still_too_large_fails_named_and_the_others_go_on(describing, tmp_path):
+    describing.max_body = 20_000
+    noise_png(tmp_path / "large.png", 300)
+    images(tmp_path, 1)
+    report, captioned, _ = await caption(describing, tmp_path)
+    assert captioned == 1
+    assert "Failed (1):\n  large.png: " in report and "refused the request as too large (HTTP 413" in report
+    assert "client_max_body_size" in report and "<html>" not in report
+
+
+def test_a_png_goes_without_its_metadata_and_its_pixels_untouched(tmp_path):
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("workflow", '{"nodes": []}' * 20_000)  # what ComfyUI saves into every render
+    info.add_itxt("prompt", "a cat", zip=True)
+    Image.frombytes("RGB", (40, 30), os.urandom(40 * 30 * 3)).save(tmp_path / "render.png", pnginfo=info)
+    data, _ = read_image(tmp_path / "render.png", max_side=1024, quality=90)
+    assert b"workflow" not in data and b"prompt" not in data and len(data) < 10_000
+    with Image.open(io.BytesIO(data)) as sent, Image.open(tmp_path / "render.png") as original:
+        assert sent.format == "PNG" and sent.tobytes() == original.tobytes()
+    sideways = Image.new("RGB", (40, 20), "blue")
+    exif = sideways.getexif()
+    exif[0x0112] = 6  # EXIF orientation (an eXIf chunk): rotate 90 degrees clockwise to view
+    sideways.save(tmp_path / "sideways.png", exif=exif)
+    with Image.open(io.BytesIO(read_image(tmp_path / "sideways.png", max_side=1024, quality=90)[0])) as image:
+        assert (image.format, image.size) == ("JPEG", (20, 40))
+
+
+def test_a_png_not_whole_or_not_8_bit_is_decoded_not_sent_as_it_is(tmp_path):
+    whole = io.BytesIO()
+    Image.frombytes("RGB", (64, 64), os.urandom(64 * 64 * 3)).save(whole, format="PNG")
+    assert folder_images.png_pixels_only(whole.getvalue()) == whole.getvalue()
+    assert folder_images.png_pixels_only(whole.getvalue()[:-20]) is None  # cut in its pixels
+    assert folder_images.png_pixels_only(b"GIF89a" + whole.getvalue()[6:]) is None
+    (tmp_path / "cut.png").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    with pytest.raises(SkippedImage, match="unreadable"):
+        read_image(tmp_path / "cut.png", max_side=1024, quality=90)
+    # 16 bits a channel of RGB: Pillow reports it as RGB, but a server may not read it as such
+    raw = b"".join(b"\x00" + struct.pack(">HHH", 65535, 32768, 0) * 8 for _ in range(8))
+    png_chunks(tmp_path / "deep_rgb.png", struct.pack(">IIBBBBB", 8, 8, 16, 2, 0, 0, 0), zlib.compress(raw))
+    data, _ = read_image(tmp_path / "deep_rgb.png", max_side=1024, quality=95)
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == "JPEG"
+        red, green, blue = image.getpixel((4, 4))
+        assert red > 245 and abs(green - 128) <= 3 and blue < 10
 
 
 def test_a_caption_is_written_whole_and_never_replaces_one_unasked(tmp_path):

@@ -50,19 +50,19 @@ def test_how_a_request_travels_keeps_the_key(change):
 
 def test_an_answer_comes_back_exactly(tmp_path):
     store = AnswerStore(tmp_path)
-    assert store.get(BASE) is None
-    store.put(BASE, ANSWER)
-    assert AnswerStore(tmp_path).get(BASE) == ANSWER  # a new store on the same folder: a restarted ComfyUI
-    assert store.get(dataclasses.replace(BASE, seed=4)) is None
+    assert store.get(request_key(BASE)) is None
+    store.put(request_key(BASE), ANSWER)
+    assert AnswerStore(tmp_path).get(request_key(BASE)) == ANSWER  # a new store on the same folder: a restarted ComfyUI
+    assert store.get(request_key(dataclasses.replace(BASE, seed=4))) is None
 
 
 def test_the_least_recently_used_go_first_when_full(tmp_path):
     store = AnswerStore(tmp_path, max_bytes=2_000)
     requests = [dataclasses.replace(BASE, prompt=f"p{i}") for i in range(20)]
     for index, request in enumerate(requests):
-        store.put(request, dataclasses.replace(ANSWER, text=f"answer {index} " + "x" * 100))
-        store.get(requests[0])  # the first is used again and again: it stays
-    kept = [i for i, request in enumerate(requests) if store.get(request) is not None]
+        store.put(request_key(request), dataclasses.replace(ANSWER, text=f"answer {index} " + "x" * 100))
+        store.get(request_key(requests[0]))  # the first is used again and again: it stays
+    kept = [i for i, request in enumerate(requests) if store.get(request_key(request)) is not None]
     assert 0 in kept and 19 in kept and 1 not in kept
     with sqlite3.connect(store.path) as db:
         (total,) = db.execute("SELECT SUM(size) FROM answers").fetchone()
@@ -73,32 +73,33 @@ def test_a_broken_file_is_set_aside_and_a_new_one_starts(tmp_path, caplog):
     (tmp_path / FILE_NAME).write_bytes(b"not a database at all" * 100)  # a disk error, a truncated copy
     store = AnswerStore(tmp_path)  # as ComfyUI starts and meets it
     with caplog.at_level(logging.WARNING, "lmstudio_stream"):
-        assert store.get(BASE) is None
+        assert store.get(request_key(BASE)) is None
     assert "unreadable" in caplog.text and (tmp_path / f"{FILE_NAME}.broken").exists()
-    store.put(BASE, ANSWER)
-    assert store.get(BASE) == ANSWER
+    store.put(request_key(BASE), ANSWER)
+    assert store.get(request_key(BASE)) == ANSWER
 
 
 def test_a_folder_deleted_while_comfyui_runs_starts_again_and_keeps_the_next_answers(tmp_path):
     """The store keeps its connection between calls; one to a deleted file would write where nobody reads."""
     folder = tmp_path / "answers"
     store = AnswerStore(folder)
-    store.put(BASE, ANSWER)
+    store.put(request_key(BASE), ANSWER)
     shutil.rmtree(folder)
-    assert store.get(BASE) is None
-    store.put(BASE, ANSWER)
+    assert store.get(request_key(BASE)) is None
+    store.put(request_key(BASE), ANSWER)
     assert (folder / FILE_NAME).exists()
-    assert AnswerStore(folder).get(BASE) == ANSWER  # another process (ComfyUI restarted) reads it from the file
+    # another process (ComfyUI restarted) reads it from the file
+    assert AnswerStore(folder).get(request_key(BASE)) == ANSWER
 
 
 def test_an_entry_of_another_shape_is_generated_anew(tmp_path):
     store = AnswerStore(tmp_path)
-    store.put(BASE, ANSWER)
+    store.put(request_key(BASE), ANSWER)
     with sqlite3.connect(store.path) as db:
         db.execute("UPDATE answers SET answer = ?", ('{"text": "half', ))
-    assert store.get(BASE) is None
-    store.put(BASE, ANSWER)
-    assert store.get(BASE) == ANSWER
+    assert store.get(request_key(BASE)) is None
+    store.put(request_key(BASE), ANSWER)
+    assert store.get(request_key(BASE)) == ANSWER
 
 
 def test_threads_writing_at_once_lose_nothing(tmp_path):
@@ -106,14 +107,15 @@ def test_threads_writing_at_once_lose_nothing(tmp_path):
 
     def write(worker: int) -> None:
         for index in range(40):
-            store.put(dataclasses.replace(BASE, prompt=f"{worker}-{index}"), ANSWER)
+            store.put(request_key(dataclasses.replace(BASE, prompt=f"{worker}-{index}")), ANSWER)
 
     threads = [threading.Thread(target=write, args=(worker,)) for worker in range(6)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert all(store.get(dataclasses.replace(BASE, prompt=f"{w}-{i}")) == ANSWER for w in range(6) for i in range(40))
+    assert all(store.get(request_key(dataclasses.replace(BASE, prompt=f"{w}-{i}"))) == ANSWER
+               for w in range(6) for i in range(40))
 
 
 # A writer on its own: the pack's modules below the node as a bare package (no ComfyUI in that process).
@@ -122,11 +124,11 @@ import dataclasses, sys, types
 package = types.ModuleType("lmstudio_pack")
 package.__path__ = [sys.argv[1]]
 sys.modules["lmstudio_pack"] = package
-from lmstudio_pack.answer_store import Answer, AnswerStore
+from lmstudio_pack.answer_store import Answer, AnswerStore, request_key
 from lmstudio_pack.chat import ChatRequest, Stats
 store = AnswerStore(sys.argv[2])
 for index in range(40):
-    store.put(ChatRequest(prompt=f"{sys.argv[3]}-{index}"), Answer("A cat.", "", Stats(mode="SDK")))
+    store.put(request_key(ChatRequest(prompt=f"{sys.argv[3]}-{index}")), Answer("A cat.", "", Stats(mode="SDK")))
 """
 
 
@@ -137,7 +139,7 @@ def test_two_processes_on_one_user_folder_lose_nothing(tmp_path):
                for worker in range(3)]
     assert [writer.wait(60) for writer in writers] == [0, 0, 0]
     store = AnswerStore(tmp_path)
-    assert all(store.get(ChatRequest(prompt=f"{w}-{i}")) is not None for w in range(3) for i in range(40))
+    assert all(store.get(request_key(ChatRequest(prompt=f"{w}-{i}"))) is not None for w in range(3) for i in range(40))
 
 
 # ------------------------------------------------------------------------------------------------------ the node

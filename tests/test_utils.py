@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ import torch
 from PIL import Image
 
 from lmstudio_pack.chat import LMStudioError
+from lmstudio_pack.http_common import json_body
 from lmstudio_pack.utils import (
     MAX_BATCH_IMAGES,
+    DataUri,
     encode_images,
     encode_jpeg,
-    image_data_uri,
     normalize_server_url,
     sdk_api_host,
 )
@@ -136,12 +138,12 @@ def test_quality_changes_size():
 
 def test_data_uri_round_trips_and_names_the_type():
     jpeg = encode_images(solid((0.1, 0.2, 0.3)))[0]
-    uri = image_data_uri(jpeg)
+    uri = str(DataUri(jpeg))
     assert uri.startswith("data:image/jpeg;base64,")
     assert base64.b64decode(uri.split(",", 1)[1]) == jpeg
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4)).save(buffer, format="PNG")
-    assert image_data_uri(buffer.getvalue()).startswith("data:image/png;base64,")
+    assert str(DataUri(buffer.getvalue())).startswith("data:image/png;base64,")
 
 
 @pytest.mark.parametrize(
@@ -183,3 +185,13 @@ def test_server_url_rejects_nonsense(typed):
 )
 def test_sdk_api_host(typed, expected):
     assert sdk_api_host(typed) == expected
+
+
+def test_a_request_body_is_the_json_of_its_payload_with_images_spliced_in():
+    jpeg, png = encode_images(solid((0.1, 0.2, 0.3)))[0], b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40
+    payload = {"model": "m", "input": [{"type": "text", "content": 'é "quoted" \u2028 \\ \x00'},
+                                       {"type": "image", "data_url": DataUri(jpeg)},
+                                       {"type": "image", "data_url": DataUri(png)}], "n": [1, 2.5, None, True]}
+    body = json_body(payload)
+    assert body == json.dumps(payload, default=str).encode("ascii")
+    assert json.loads(body)["input"][2]["data_url"] == "data:image/png;base64," + base64.b64encode(png).decode()
